@@ -1,0 +1,55 @@
+"""Every failure leaves in OpenAI's error envelope: one place installs the handlers."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from app.errors import (
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    RouteError,
+    error_response,
+)
+
+log = logging.getLogger(__name__)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _gateway_error(_: Request, exc: GatewayError) -> Response:
+    return error_response(exc)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+    """400 (not FastAPI's 422 shape) naming the first offending parameter."""
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    message = first.get("msg", "Invalid request.")
+    if first.get("type") == "json_invalid":
+        message, param = "The request body is not valid JSON.", None
+    elif param:
+        message = f"Invalid value for '{param}': {message}"
+    return error_response(InvalidRequestError(message, param=param))
+
+
+async def _http_error(_: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 404:
+        return error_response(NotFoundError("Unknown route."))
+    return error_response(RouteError(str(exc.detail), exc.status_code))
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(GatewayError("The server had an error processing your request."))

@@ -1,0 +1,41 @@
+"""Small HTTP helpers shared by the routers: JSON and SSE responses, disconnect detection."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response, StreamingResponse
+
+from app.schemas.errors import ERROR_RESPONSES
+from app.services.cancellation import DisconnectWaiter
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+# Every generation route declares the error statuses it can answer with.
+GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: ERROR_RESPONSES[code] for code in (400, 404, 413, 422, 429, 503, 504)
+}
+
+
+def json_response(body: dict[str, Any], status_code: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def disconnect_waiter(request: Request) -> DisconnectWaiter:
+    """A coroutine factory that returns once the client has gone away.
+
+    The body is already read, so the next ASGI message can only be ``http.disconnect``.
+    """
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait

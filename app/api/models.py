@@ -1,0 +1,36 @@
+"""``GET /v1/models`` and ``GET /v1/models/{model}``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from app.api.http import json_response
+from app.deps import GenerationDep
+from app.schemas.errors import ERROR_RESPONSES
+
+router = APIRouter(tags=["openai"])
+
+
+def _model_card(service: GenerationDep) -> dict[str, object]:
+    info = service.engine.model_info
+    return {
+        "id": info.served_name,
+        "object": "model",
+        "created": info.created,
+        "owned_by": "llm-gateway",
+        "max_model_len": info.max_model_len,
+    }
+
+
+@router.get("/v1/models", responses={503: ERROR_RESPONSES[503]})
+async def list_models(service: GenerationDep) -> Response:
+    """The served model, in OpenAI's list shape."""
+    return json_response({"object": "list", "data": [_model_card(service)]})
+
+
+@router.get("/v1/models/{model:path}", responses={k: ERROR_RESPONSES[k] for k in (404, 503)})
+async def retrieve_model(model: str, service: GenerationDep) -> Response:
+    """One model by id; 404 in OpenAI's shape for any other id."""
+    service.check_model(model)
+    return json_response(_model_card(service))

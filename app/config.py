@@ -1,0 +1,96 @@
+"""Validated configuration, read from environment variables.
+
+One root object, :class:`Settings`, groups the settings by area. Each group is its own
+``BaseSettings`` so that the flat, documented env names (``MODEL_NAME``, ``PORT``,
+``CONCURRENCY_LIMIT``...) stay valid without a nested delimiter. A bad value stops
+start-up with one clear line (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ENV = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+
+class EngineSettings(BaseSettings):
+    """How vLLM's engine is built. ``MODEL_NAME`` unset means the embedded default model."""
+
+    model_config = _ENV
+
+    model_name: str | None = Field(default=None, description="Hub id or local path.")
+    served_model_name: str | None = Field(default=None, description="Id shown to clients.")
+    max_model_len: int | None = Field(default=None, ge=16)
+    # None: 0.90 on a GPU; on CPU vLLM sizes its KV cache from RAM, where 0.3 is what works.
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    enforce_eager: bool | None = None
+    max_num_seqs: int = Field(default=256, ge=1)
+    seed: int = 0
+    trust_remote_code: bool = False
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+    max_logprobs: int = Field(default=20, ge=0)
+
+    @field_validator("model_name", "served_model_name")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+
+class ServerSettings(BaseSettings):
+    """HTTP server and request-shape limits."""
+
+    model_config = _ENV
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    debug: bool = False
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_n: int = Field(default=16, ge=1, le=128)
+    max_prompts_per_request: int = Field(default=32, ge=1)
+    default_max_tokens: int | None = Field(
+        default=None, ge=1, description="Used when a request sets no max_tokens; None = all room."
+    )
+
+
+class Settings(BaseSettings):
+    """The root settings object; every group reads its own env vars."""
+
+    model_config = _ENV
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @model_validator(mode="after")
+    def _model_path_exists_when_local(self) -> Settings:
+        name = self.engine.model_name
+        if name and _looks_like_path(name) and not Path(name).expanduser().exists():
+            raise ValueError(f"MODEL_NAME={name!r} looks like a local path but does not exist")
+        return self
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or Path(name).exists()
+
+
+class ConfigError(SystemExit):
+    """Raised with one human-readable line when the environment holds a bad value."""
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment, turning validation errors into one clear line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err) for err in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _describe(err: object) -> str:
+    detail = dict(err)  # type: ignore[call-overload]
+    where = ".".join(str(part) for part in detail.get("loc", ())) or "settings"
+    return f"{where.upper()}: {detail.get('msg')} (got {detail.get('input')!r})"

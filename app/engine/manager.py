@@ -1,0 +1,202 @@
+"""``EngineManager``: owns vLLM's in-process ``AsyncLLM`` — the one place that touches vLLM.
+
+Contract:
+- ``start()`` builds the engine (the embedded default model when ``MODEL_NAME`` is unset)
+  without blocking the event loop, so liveness keeps answering during the ~20 s load.
+- ``generate()`` is an async stream of :class:`EngineStep`. Closing or cancelling it aborts
+  the engine request (vLLM frees the KV cache through ``GeneratorExit``/``CancelledError``),
+  so abandoned requests cost no compute.
+- vLLM's exceptions leave as :class:`GatewayError`: client mistakes as 400, a dead engine as
+  503 ``engine_unavailable``, anything else as 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from vllm import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from app.config import EngineSettings
+from app.engine.device import default_gpu_memory_utilization, detect_device
+from app.engine.protocol import DeviceInfo, EngineStep, ModelInfo, SamplingOptions
+from app.engine.vllm_adapter import to_engine_step, to_sampling_params
+from app.errors import (
+    EngineUnavailableError,
+    GatewayError,
+    InvalidRequestError,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVED_NAME = "tiny-llama"
+
+
+class EngineManager:
+    """Builds, serves and shuts down one ``AsyncLLM``."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self._settings = settings
+        self._engine: AsyncLLM | None = None
+        self._tokenizer: Any = None
+        self._model_info: ModelInfo | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build the engine in a worker thread; raises if the model cannot be loaded."""
+        source = await asyncio.to_thread(self._resolve_model_source)
+        args = self._engine_args(source)
+        started = time.perf_counter()
+        engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self._engine = engine
+        self._tokenizer = engine.get_tokenizer()
+        self._model_info = ModelInfo(
+            served_name=self._served_name(source),
+            source=source,
+            max_model_len=engine.model_config.max_model_len,
+            created=int(time.time()),
+        )
+        log.info(
+            "engine ready",
+            extra={"model": source, "startup_s": round(time.perf_counter() - started, 1)},
+        )
+
+    async def stop(self) -> None:
+        """Shut the engine core down; safe to call twice."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.shutdown)
+
+    def _resolve_model_source(self) -> str:
+        if self._settings.model_name:
+            return self._settings.model_name
+        from app.engine.default_model import DEFAULT_MODEL_DIR, ensure_default_model
+
+        return str(ensure_default_model(Path(DEFAULT_MODEL_DIR)))
+
+    def _served_name(self, source: str) -> str:
+        if self._settings.served_model_name:
+            return self._settings.served_model_name
+        return self._settings.model_name or DEFAULT_SERVED_NAME
+
+    def _engine_args(self, source: str) -> AsyncEngineArgs:
+        settings, device = self._settings, detect_device()
+        utilization = settings.gpu_memory_utilization or default_gpu_memory_utilization(device)
+        eager = (
+            settings.enforce_eager if settings.enforce_eager is not None else device.kind == "cpu"
+        )
+        return AsyncEngineArgs(
+            model=source,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=utilization,
+            enforce_eager=eager,
+            max_num_seqs=settings.max_num_seqs,
+            max_logprobs=settings.max_logprobs,
+            seed=settings.seed,
+            trust_remote_code=settings.trust_remote_code,
+            # Lower runs sooner, in vLLM and in our admission queue alike.
+            scheduling_policy="priority",
+            enable_log_requests=False,
+        )
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def is_ready(self) -> bool:
+        return self._engine is not None and not self._engine.errored
+
+    @property
+    def model_info(self) -> ModelInfo:
+        if self._model_info is None:
+            raise EngineUnavailableError("The model is still loading.", retry_after=5)
+        return self._model_info
+
+    @property
+    def device_info(self) -> DeviceInfo:
+        return detect_device()
+
+    def num_unfinished_requests(self) -> int:
+        return self._engine.get_num_unfinished_requests() if self._engine else 0
+
+    async def check_health(self) -> None:
+        try:
+            await self._require_engine().check_health()
+        except EngineDeadError as exc:
+            raise EngineUnavailableError("The engine has stopped.", retry_after=5) from exc
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids for a completion prompt, with the model's BOS as vLLM's server adds it."""
+        return list(self._require_tokenizer().encode(text))
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The chat template applied (ending in the assistant's turn), as token ids."""
+        tokenizer = self._require_tokenizer()
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidRequestError("This model has no chat template; use /v1/completions.")
+        try:
+            text = tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # a template may reject a conversation (e.g. role order)
+            raise InvalidRequestError(f"The chat template rejected the messages: {exc}") from exc
+        # The rendered template already holds its special tokens.
+        return list(tokenizer.encode(str(text), add_special_tokens=False))
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self._require_tokenizer().decode(token_ids))
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        priority: int = 0,
+    ) -> AsyncIterator[EngineStep]:
+        """Stream engine steps; closing the stream aborts the request in the engine."""
+        engine = self._require_engine()
+        top_logprobs = options.logprobs or 0
+        stream = engine.generate(
+            {"prompt_token_ids": prompt_token_ids},
+            to_sampling_params(options),
+            request_id,
+            priority=priority,
+        )
+        try:
+            async for output in stream:
+                yield to_engine_step(output, top_logprobs)
+        except EngineDeadError as exc:
+            raise EngineUnavailableError("The engine has stopped.", retry_after=5) from exc
+        except (VLLMClientError, ValueError) as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise GatewayError(f"The engine failed: {type(exc).__name__}") from exc
+        finally:
+            await stream.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        if self._engine is not None:
+            await self._engine.abort(request_id)
+
+    def _require_engine(self) -> AsyncLLM:
+        if self._engine is None or self._engine.errored:
+            raise EngineUnavailableError("The engine is not ready.", retry_after=5)
+        return self._engine
+
+    def _require_tokenizer(self) -> Any:
+        self._require_engine()
+        return self._tokenizer

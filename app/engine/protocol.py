@@ -1,0 +1,118 @@
+"""The ``EngineClient`` seam: what the rest of the gateway needs from an inference engine.
+
+Everything here is plain Python so that services, routers and tests never import vLLM.
+:class:`app.engine.manager.EngineManager` is the real implementation; fault injection in
+tests wraps an ``EngineClient`` rather than patching the manager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(slots=True)
+class SamplingOptions:
+    """Engine-neutral sampling parameters, built by the request models."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    n: int = 1
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    json_schema: dict[str, Any] | None = None
+    json_object: bool = False
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    """New output of one choice since the previous step (streaming) or all of it (final)."""
+
+    index: int
+    text: str
+    num_tokens: int
+    finish_reason: FinishReason | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(slots=True)
+class EngineStep:
+    """One step of a generation: deltas for the choices that advanced."""
+
+    choices: list[ChoiceDelta]
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What clients and validators need to know about the served model."""
+
+    served_name: str
+    source: str
+    max_model_len: int
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """Where the engine runs."""
+
+    kind: Literal["cuda", "cpu"]
+    name: str
+    count: int
+
+
+@runtime_checkable
+class EngineClient(Protocol):
+    """What the gateway needs from an engine; see the manager for failure modes."""
+
+    @property
+    def is_ready(self) -> bool: ...
+
+    @property
+    def model_info(self) -> ModelInfo: ...
+
+    @property
+    def device_info(self) -> DeviceInfo: ...
+
+    def encode_prompt(self, text: str) -> list[int]: ...
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+    def generate(
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        priority: int = 0,
+    ) -> AsyncIterator[EngineStep]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def check_health(self) -> None: ...
+
+    def num_unfinished_requests(self) -> int: ...

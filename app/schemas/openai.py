@@ -1,0 +1,188 @@
+"""OpenAI request models (chat, completions, the seed project's simple endpoints).
+
+Bounds follow OpenAI's API reference; unknown fields are ignored as OpenAI does. Each
+request model builds the engine-neutral :class:`SamplingOptions` itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from app.engine.protocol import SamplingOptions
+
+MAX_STOP_SEQUENCES = 4
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextContentPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class JsonSchemaFormat(_Request):
+    name: str = Field(max_length=64)
+    description: str | None = None
+    # ``schema`` shadows a BaseModel attribute, hence the alias.
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class _SamplingRequest(_Request):
+    """Fields shared by chat and completions (OpenAI's, then vLLM's common extras)."""
+
+    model: str = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=128)
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    user: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_tokens: int = Field(default=0, ge=0)
+    ignore_eos: bool = False
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else value or []
+        if any(item == "" for item in items):
+            raise ValueError("stop sequences must not be empty strings")
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def _base_options(self, max_tokens: int | None, logprobs: int | None) -> SamplingOptions:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=_or(self.temperature, 1.0),
+            top_p=_or(self.top_p, 1.0),
+            top_k=_or(self.top_k, 0),
+            min_p=_or(self.min_p, 0.0),
+            n=self.n,
+            seed=self.seed,
+            stop=stop,
+            presence_penalty=_or(self.presence_penalty, 0.0),
+            frequency_penalty=_or(self.frequency_penalty, 0.0),
+            repetition_penalty=_or(self.repetition_penalty, 1.0),
+            min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos,
+            logprobs=logprobs,
+            stream=self.stream,
+        )
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """``max_completion_tokens`` supersedes the deprecated ``max_tokens``."""
+        return self.max_completion_tokens or self.max_tokens
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        # "developer" is OpenAI's new name for "system"; templates know only the latter.
+        return [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in self.messages
+        ]
+
+    def to_sampling_options(self, max_tokens: int) -> SamplingOptions:
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        options = self._base_options(max_tokens, logprobs)
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_object":
+            options.json_object = True
+        elif fmt is not None and fmt.type == "json_schema":
+            options.json_schema = fmt.json_schema.schema_ if fmt.json_schema else {}
+        return options
+
+
+PromptInput = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: PromptInput
+    max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: PromptInput) -> PromptInput:
+        if isinstance(value, list) and (not value or any(item == [] for item in value)):
+            raise ValueError("prompt must not be empty")
+        return value
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt field as a list of prompts, each text or token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and all(isinstance(item, int) for item in prompt):
+            return [list(prompt)]  # type: ignore[arg-type]
+        return list(prompt)  # type: ignore[arg-type]
+
+    def to_sampling_options(self, max_tokens: int) -> SamplingOptions:
+        return self._base_options(max_tokens, self.logprobs)
+
+
+class SimpleGenerateRequest(_Request):
+    """The seed project's ``/v1/generate`` and ``/v1/stream`` body."""
+
+    prompt: str = Field(min_length=1)
+    max_tokens: int = Field(
+        default=64, ge=1, validation_alias=AliasChoices("max_tokens", "max_length")
+    )
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    model: str | None = None
+
+    def to_sampling_options(self, max_tokens: int, stream: bool) -> SamplingOptions:
+        return SamplingOptions(
+            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stream=stream
+        )

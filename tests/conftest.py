@@ -1,0 +1,64 @@
+"""Session fixtures: one real vLLM engine on the embedded model, shared by every test,
+served through real uvicorn on loopback; clients are the OpenAI SDK and httpx."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from app.config import EngineSettings, ServerSettings, Settings
+from app.engine.manager import EngineManager
+from app.main import create_app
+from tests.support.servers import LoopThread, RunningServer, start_server, stop_server
+
+ENGINE_START_TIMEOUT_S = 900
+
+
+def make_settings(**server: object) -> Settings:
+    """Settings independent of the caller's environment: embedded model, test limits."""
+    return Settings(
+        server=ServerSettings(**server),  # type: ignore[arg-type]
+        engine=EngineSettings(model_name=None, served_model_name=None, max_model_len=1024),
+    )
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def engine(loop_thread: LoopThread) -> Iterator[EngineManager]:
+    manager = EngineManager(make_settings().engine)
+    loop_thread.run(manager.start(), timeout=ENGINE_START_TIMEOUT_S)
+    yield manager
+    loop_thread.run(manager.stop(), timeout=60)
+
+
+@pytest.fixture(scope="session")
+def server(loop_thread: LoopThread, engine: EngineManager) -> Iterator[RunningServer]:
+    running = start_server(loop_thread, create_app(make_settings(max_body_bytes=64 * 1024), engine))
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def model_id(engine: EngineManager) -> str:
+    return engine.model_info.served_name
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[OpenAI]:
+    with OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0, timeout=60) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+def http(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as session:
+        yield session
