@@ -11,10 +11,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import PayloadTooLargeError, error_response
 
 
-class BodyTooLarge(Exception):
-    """Raised inside ``receive`` when a streamed body passes the limit."""
-
-
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -28,35 +24,43 @@ class BodyLimitMiddleware:
         if declared is not None and declared > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, self._counting(receive), tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(scope, receive, send)
-
-    def _counting(self, receive: Receive) -> Receive:
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise BodyTooLarge
-            return message
-
-        return counted
+        await _CountingExchange(self, scope, receive, send).run()
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLargeError(f"The request body is larger than {self.max_bytes} bytes.")
         await error_response(error)(scope, receive, send)
+
+
+class _CountingExchange:
+    """One request whose body arrives without a usable Content-Length.
+
+    Past the limit we answer 413 ourselves and tell the app the client left, so it stops
+    reading; whatever the app then tries to send is dropped.
+    """
+
+    def __init__(self, limit: BodyLimitMiddleware, scope: Scope, receive: Receive, send: Send):
+        self.limit, self.scope, self._receive, self._send = limit, scope, receive, send
+        self.seen, self.refused, self.started = 0, False, False
+
+    async def run(self) -> None:
+        await self.limit.app(self.scope, self.receive, self.send)
+
+    async def receive(self) -> Message:
+        if self.refused:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        self.seen += len(message.get("body", b""))
+        if self.seen > self.limit.max_bytes and not self.started:
+            self.refused = True
+            await self.limit._refuse(self.scope, self._receive, self._send)
+            return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.refused:
+            return
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm import AsyncEngineArgs
+from vllm.config import StructuredOutputsConfig
 from vllm.exceptions import VLLMClientError
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
@@ -106,6 +107,11 @@ class EngineManager:
             # Lower runs sooner, in vLLM and in our admission queue alike.
             scheduling_policy="priority",
             enable_log_requests=False,
+            # Compact JSON only: with free whitespace a weak model can fill max_tokens with
+            # newlines inside the grammar. Engine-wide in vLLM; per-request flags are ignored.
+            structured_outputs_config=StructuredOutputsConfig(
+                backend="xgrammar", disable_any_whitespace=True
+            ),
         )
 
     # -- state -----------------------------------------------------------------------------

@@ -39,12 +39,10 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
 
 
 def _structured_outputs(options: SamplingOptions) -> StructuredOutputsParams | None:
-    # Without disable_any_whitespace a weak model can emit whitespace inside the grammar
-    # until max_tokens; compact JSON is still valid JSON and always terminates sooner.
     if options.json_schema is not None:
-        return StructuredOutputsParams(json=options.json_schema, disable_any_whitespace=True)
+        return StructuredOutputsParams(json=options.json_schema)
     if options.json_object:
-        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+        return StructuredOutputsParams(json_object=True)
     return None
 
 

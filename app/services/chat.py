@@ -54,22 +54,15 @@ async def _events(
     include_usage, completion_tokens = req.include_usage, 0
     try:
         for index in range(req.n):
-            yield fmt.sse(_with_usage(fmt.chat_role_chunk(head, index), include_usage))
+            yield fmt.sse(fmt.chat_role_chunk(head, index))
         async for step in steps:
             for delta in step.choices:
                 completion_tokens += delta.num_tokens
                 if delta.text or delta.finish_reason or delta.logprobs:
-                    chunk = fmt.chat_chunk(head, delta, req.logprobs)
-                    yield fmt.sse(_with_usage(chunk, include_usage))
+                    yield fmt.sse(fmt.chat_chunk(head, delta, req.logprobs))
+        # Other chunks omit "usage": OpenAI's schema types it as an object, not nullable.
         if include_usage:
             yield fmt.sse(fmt.usage_chunk(head, CHUNK, prompt_tokens, completion_tokens))
     except GatewayError as exc:
         yield error_sse_event(exc)
     yield fmt.SSE_DONE
-
-
-def _with_usage(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any]:
-    # OpenAI: with include_usage, every chunk but the last carries "usage": null.
-    if include_usage:
-        chunk["usage"] = None
-    return chunk

@@ -87,7 +87,9 @@ def test_stop_string_is_honoured(client: OpenAI, model_id: str) -> None:
 
 def test_content_parts_equal_plain_string(client: OpenAI, model_id: str) -> None:
     """Text content parts are joined and behave like the same plain string."""
-    parts = [{"role": "user", "content": [{"type": "text", "text": "H"}, {"type": "text", "text": "i"}]}]
+    parts = [
+        {"role": "user", "content": [{"type": "text", "text": "H"}, {"type": "text", "text": "i"}]}
+    ]
     common = {"model": model_id, "temperature": 0, "max_tokens": 12}
     as_parts = client.chat.completions.create(messages=parts, **common)
     as_text = client.chat.completions.create(messages=HELLO, **common)
@@ -97,7 +99,11 @@ def test_content_parts_equal_plain_string(client: OpenAI, model_id: str) -> None
 def test_logprobs_with_top_alternatives(client: OpenAI, model_id: str) -> None:
     """logprobs/top_logprobs give one entry per token with k alternatives, in spec shape."""
     reply = client.chat.completions.create(
-        model=model_id, messages=HELLO, max_tokens=4, logprobs=True, top_logprobs=3,
+        model=model_id,
+        messages=HELLO,
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=3,
         extra_body={"ignore_eos": True},
     )
     validate("CreateChatCompletionResponse", reply.model_dump(exclude_unset=True))
@@ -143,7 +149,10 @@ def test_json_schema_response_format(client: OpenAI, model_id: str) -> None:
         max_tokens=40,
         response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
     )
-    assert json.loads(reply.choices[0].message.content or "") in ({"color": "red"}, {"color": "green"})
+    assert json.loads(reply.choices[0].message.content or "") in (
+        {"color": "red"},
+        {"color": "green"},
+    )
 
 
 def test_json_object_response_format(client: OpenAI, model_id: str) -> None:

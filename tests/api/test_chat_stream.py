@@ -16,8 +16,12 @@ def test_stream_chunks_match_schema_and_end_with_usage(client: OpenAI, model_id:
     """Every chunk has the spec's shape; include_usage adds a final usage-only chunk."""
     chunks = list(
         client.chat.completions.create(
-            model=model_id, messages=HELLO, max_tokens=8, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+            model=model_id,
+            messages=HELLO,
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
         )
     )
     for chunk in chunks:
@@ -58,7 +62,11 @@ def test_stream_n_two_interleaves_both_choices(client: OpenAI, model_id: str) ->
     finished = {
         choice.index
         for chunk in client.chat.completions.create(
-            model=model_id, messages=HELLO, n=2, max_tokens=5, stream=True,
+            model=model_id,
+            messages=HELLO,
+            n=2,
+            max_tokens=5,
+            stream=True,
             extra_body={"ignore_eos": True},
         )
         for choice in chunk.choices
@@ -72,8 +80,13 @@ def test_stream_logprobs(client: OpenAI, model_id: str) -> None:
     entries = [
         item
         for chunk in client.chat.completions.create(
-            model=model_id, messages=HELLO, max_tokens=3, stream=True, logprobs=True,
-            top_logprobs=2, extra_body={"ignore_eos": True},
+            model=model_id,
+            messages=HELLO,
+            max_tokens=3,
+            stream=True,
+            logprobs=True,
+            top_logprobs=2,
+            extra_body={"ignore_eos": True},
         )
         for choice in chunk.choices
         if choice.logprobs and choice.logprobs.content

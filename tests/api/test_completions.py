@@ -5,7 +5,6 @@ from __future__ import annotations
 from openai import OpenAI
 
 from app.engine.manager import EngineManager
-
 from tests.support.spec import validate, validate_completion_chunk
 
 
@@ -30,7 +29,10 @@ def test_default_max_tokens_is_sixteen(client: OpenAI, model_id: str) -> None:
 def test_prompt_list_gives_choices_per_prompt_and_n(client: OpenAI, model_id: str) -> None:
     """Two prompts with n=2 give four choices indexed prompt*n+i; usage sums both prompts."""
     reply = client.completions.create(
-        model=model_id, prompt=["The king", "A fox"], n=2, max_tokens=3,
+        model=model_id,
+        prompt=["The king", "A fox"],
+        n=2,
+        max_tokens=3,
         extra_body={"ignore_eos": True},
     )
     assert sorted(c.index for c in reply.choices) == [0, 1, 2, 3]
@@ -77,7 +79,9 @@ def test_completion_stream(client: OpenAI, model_id: str) -> None:
     """Streamed completion chunks are in spec shape and add up to the greedy text."""
     kwargs = {"model": model_id, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}
     full = client.completions.create(**kwargs).choices[0].text
-    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    chunks = list(
+        client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+    )
     for chunk in chunks[:-1]:
         validate_completion_chunk(chunk.model_dump(exclude_unset=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == full

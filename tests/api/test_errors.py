@@ -34,8 +34,10 @@ def _error(response: httpx.Response, status: int) -> dict:
         ({"model": "m", "messages": HELLO, "top_logprobs": 21}, "top_logprobs"),
         ({"model": "m", "messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-        ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-         "messages.0.content"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages.0.content",
+        ),
     ],
 )
 def test_invalid_chat_parameters_are_400(http: httpx.Client, body: dict, param: str) -> None:
@@ -55,7 +57,10 @@ def test_invalid_json_is_400(http: httpx.Client) -> None:
 
 def test_wrong_content_type_is_400(http: httpx.Client) -> None:
     """A form body where JSON is expected is a 400, not a 500."""
-    _error(http.post("/v1/chat/completions", content=b"a=b", headers={"content-type": "text/plain"}), 400)
+    _error(
+        http.post("/v1/chat/completions", content=b"a=b", headers={"content-type": "text/plain"}),
+        400,
+    )
 
 
 def test_unknown_model_is_404(client: OpenAI) -> None:

@@ -31,10 +31,14 @@ def cold_server(loop_thread: LoopThread) -> Iterator[RunningServer]:
         ("POST", "/v1/completions"),
     ],
 )
-def test_not_ready_is_503_with_retry_after(cold_server: RunningServer, method: str, path: str) -> None:
+def test_not_ready_is_503_with_retry_after(
+    cold_server: RunningServer, method: str, path: str
+) -> None:
     """Until the model is loaded, readiness and generation answer 503 with Retry-After."""
     body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "prompt": "x"}
-    response = httpx.request(method, cold_server.url + path, json=body if method == "POST" else None)
+    response = httpx.request(
+        method, cold_server.url + path, json=body if method == "POST" else None
+    )
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) >= 1
     assert int(response.headers["retry-after-ms"]) >= 1000

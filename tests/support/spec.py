@@ -15,7 +15,23 @@ SPEC = Path(__file__).parents[1] / "openai_spec" / "schemas.json"
 
 @cache
 def _document() -> dict[str, Any]:
-    return json.loads(SPEC.read_text())  # type: ignore[no-any-return]
+    return _nullable_to_json_schema(json.loads(SPEC.read_text()))  # type: ignore[no-any-return]
+
+
+def _nullable_to_json_schema(node: Any) -> Any:
+    """OpenAI's spec still says ``nullable: true`` (OpenAPI 3.0), which JSON Schema ignores:
+    rewrite it as a ``null`` type (and a ``None`` enum member) so validation means the same."""
+    if isinstance(node, list):
+        return [_nullable_to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _nullable_to_json_schema(value) for key, value in node.items()}
+    if node.pop("nullable", False):
+        if isinstance(node.get("type"), str):
+            node["type"] = [node["type"], "null"]
+        if "enum" in node:
+            node["enum"] = [*node["enum"], None]
+    return node
 
 
 def _validator(schema: dict[str, Any]) -> Draft202012Validator:
