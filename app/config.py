@@ -14,6 +14,11 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.auth.settings import AuthSettings
+from app.engine.faults import FaultPlan
+from app.observability.settings import ObservabilitySettings
+from app.resilience.settings import ResilienceSettings
+
 _ENV = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
 
@@ -34,6 +39,15 @@ class EngineSettings(BaseSettings):
     trust_remote_code: bool = False
     startup_timeout_s: float = Field(default=600.0, gt=0)
     max_logprobs: int = Field(default=20, ge=0)
+    # Test-only: wrap the engine in the fault-injection seam (see app/engine/faults.py).
+    fault_injection: FaultPlan | None = None
+    allow_fault_injection: bool = False
+
+    @model_validator(mode="after")
+    def _fault_injection_needs_opt_in(self) -> EngineSettings:
+        if self.fault_injection is not None and not self.allow_fault_injection:
+            raise ValueError("FAULT_INJECTION is set but ALLOW_FAULT_INJECTION is not true")
+        return self
 
     @field_validator("model_name", "served_model_name")
     @classmethod
@@ -58,12 +72,19 @@ class ServerSettings(BaseSettings):
 
 
 class Settings(BaseSettings):
-    """The root settings object; every group reads its own env vars."""
+    """The root settings object; every group reads its own env vars.
+
+    The groups of the resilience, auth and observability packages live beside the code they
+    configure (those packages stay importable on their own) and are composed here.
+    """
 
     model_config = _ENV
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @model_validator(mode="after")
     def _model_path_exists_when_local(self) -> Settings:
@@ -90,7 +111,16 @@ def load_settings() -> Settings:
         raise ConfigError(f"invalid configuration: {problems}") from None
 
 
+_SECRET_HINTS = ("key", "secret", "password", "token", "storage")
+
+
 def _describe(err: object) -> str:
     detail = dict(err)  # type: ignore[call-overload]
     where = ".".join(str(part) for part in detail.get("loc", ())) or "settings"
-    return f"{where.upper()}: {detail.get('msg')} (got {detail.get('input')!r})"
+    value = detail.get("input")
+    # Echo only plain values of non-secret fields: a model-level error's input is the whole
+    # environment-derived dict, which may hold API keys or a Redis password.
+    shown = isinstance(value, str | int | float) and not any(
+        hint in where.lower() for hint in _SECRET_HINTS
+    )
+    return f"{where.upper()}: {detail.get('msg')}" + (f" (got {value!r})" if shown else "")

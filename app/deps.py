@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
+from app.auth.keys import KeyStore, Principal
 from app.config import Settings
-from app.services.generation import GenerationService
+from app.observability.context import current_request
+from app.services.generation import Caller, GenerationService
 
 
 def get_settings(request: Request) -> Settings:
@@ -18,5 +20,37 @@ def get_generation(request: Request) -> GenerationService:
     return request.app.state.generation  # type: ignore[no-any-return]
 
 
+def _keys(request: Request) -> KeyStore:
+    return request.app.state.keys  # type: ignore[no-any-return]
+
+
+def _note_key(principal: Principal) -> Principal:
+    ctx = current_request()
+    if ctx is not None:
+        ctx.key_name = principal.name
+    return principal
+
+
+def get_principal(request: Request) -> Principal:
+    """The caller's key (401 without a valid one when auth is on)."""
+    return _note_key(_keys(request).authenticate(request.headers.get("authorization")))
+
+
+def get_caller(
+    principal: Annotated[Principal, Depends(get_principal)],
+    x_priority: Annotated[int | None, Header(ge=0, le=10)] = None,
+) -> Caller:
+    """The caller plus the priority asked for in ``X-Priority`` (it can only lower it)."""
+    return Caller(principal, x_priority)
+
+
+def require_admin(request: Request) -> Principal:
+    """An admin key when auth is on and ADMIN_ROUTES_REQUIRE_KEY (401/403 otherwise)."""
+    return _note_key(_keys(request).authenticate_admin(request.headers.get("authorization")))
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 GenerationDep = Annotated[GenerationService, Depends(get_generation)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+AdminDep = Annotated[Principal, Depends(require_admin)]

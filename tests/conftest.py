@@ -4,12 +4,16 @@ served through real uvicorn on loopback; clients are the OpenAI SDK and httpx.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from openai import OpenAI
 
+from app.auth.settings import AuthSettings
 from app.config import EngineSettings, ServerSettings, Settings
+from app.observability.settings import ObservabilitySettings
+from app.resilience.settings import ResilienceSettings
 from app.engine.manager import EngineManager
 from app.main import create_app
 from tests.support.servers import LoopThread, RunningServer, start_server, stop_server
@@ -17,11 +21,24 @@ from tests.support.servers import LoopThread, RunningServer, start_server, stop_
 ENGINE_START_TIMEOUT_S = 900
 
 
-def make_settings(**server: object) -> Settings:
-    """Settings independent of the caller's environment: embedded model, test limits."""
+def make_settings(
+    auth: dict[str, Any] | None = None,
+    resilience: dict[str, Any] | None = None,
+    **server: Any,
+) -> Settings:
+    """Settings independent of the caller's environment: embedded model, test limits.
+
+    Rate limits are high unless a test asks otherwise: with auth off every test shares the
+    anonymous key's buckets.
+    """
+    auth_values = {"rate_limit_rpm": 1_000_000, "rate_limit_tpm": 10**9}
+    auth_values |= {"rate_limit_concurrency": None, **(auth or {})}
     return Settings(
-        server=ServerSettings(**server),  # type: ignore[arg-type]
+        server=ServerSettings(**server),
         engine=EngineSettings(model_name=None, served_model_name=None, max_model_len=1024),
+        auth=AuthSettings(**auth_values),
+        resilience=ResilienceSettings(**(resilience or {})),
+        observability=ObservabilitySettings(log_json=False),
     )
 
 

@@ -5,19 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.http import GENERATION_RESPONSES, disconnect_waiter, json_response, sse_response
-from app.deps import GenerationDep
+from app.api.http import GENERATION_RESPONSES, disconnect_waiter, reply_response
+from app.deps import CallerDep, GenerationDep
 from app.schemas.openai import ChatCompletionRequest
-from app.services.chat import create_chat_completion, stream_chat_completion
+from app.services.chat import chat_completion
 
 router = APIRouter(tags=["openai"])
 
 
 @router.post("/v1/chat/completions", responses=GENERATION_RESPONSES)
 async def chat_completions(
-    body: ChatCompletionRequest, service: GenerationDep, request: Request
+    body: ChatCompletionRequest, service: GenerationDep, caller: CallerDep, request: Request
 ) -> Response:
     """OpenAI chat completions, streaming (SSE) or not."""
-    if body.stream:
-        return sse_response(await stream_chat_completion(service, body))
-    return json_response(await create_chat_completion(service, body, disconnect_waiter(request)))
+    return reply_response(await chat_completion(service, caller, body, disconnect_waiter(request)))

@@ -5,19 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.http import GENERATION_RESPONSES, disconnect_waiter, json_response, sse_response
-from app.deps import GenerationDep
+from app.api.http import GENERATION_RESPONSES, disconnect_waiter, reply_response
+from app.deps import CallerDep, GenerationDep
 from app.schemas.openai import CompletionRequest
-from app.services.completions import create_completion, stream_completion
+from app.services.completions import completion
 
 router = APIRouter(tags=["openai"])
 
 
 @router.post("/v1/completions", responses=GENERATION_RESPONSES)
 async def completions(
-    body: CompletionRequest, service: GenerationDep, request: Request
+    body: CompletionRequest, service: GenerationDep, caller: CallerDep, request: Request
 ) -> Response:
     """OpenAI (legacy) text completions, streaming (SSE) or not."""
-    if body.stream:
-        return sse_response(await stream_completion(service, body))
-    return json_response(await create_completion(service, body, disconnect_waiter(request)))
+    return reply_response(await completion(service, caller, body, disconnect_waiter(request)))

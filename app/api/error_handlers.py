@@ -16,6 +16,7 @@ from app.errors import (
     RouteError,
     error_response,
 )
+from app.observability.context import record_error
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def _gateway_error(_: Request, exc: GatewayError) -> Response:
+    record_error(exc)
     return error_response(exc)
 
 
@@ -41,7 +43,9 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> Response
         message, param = "The request body is not valid JSON.", None
     elif param:
         message = f"Invalid value for '{param}': {message}"
-    return error_response(InvalidRequestError(message, param=param))
+    error = InvalidRequestError(message, param=param)
+    record_error(error)
+    return error_response(error)
 
 
 async def _http_error(_: Request, exc: HTTPException) -> Response:

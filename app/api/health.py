@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.http import json_response
-from app.errors import EngineUnavailableError, error_response
+from app.errors import EngineUnavailableError, ServiceUnavailableError, error_response
 from app.schemas.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["health"])
@@ -20,8 +20,17 @@ async def healthz() -> Response:
 
 @router.get("/readyz", responses={503: ERROR_RESPONSES[503]})
 async def readyz(request: Request) -> Response:
-    """Readiness: the engine is loaded and healthy."""
-    engine = request.app.state.generation.engine
-    if not engine.is_ready:
+    """Readiness: engine loaded and healthy, breaker not open, not draining."""
+    state = request.app.state
+    if state.lifecycle.draining:
+        error = ServiceUnavailableError("The server is shutting down.", retry_after=5)
+        return error_response(error)
+    if not state.generation.engine.is_ready:
         return error_response(EngineUnavailableError("The engine is not ready.", retry_after=5))
+    breaker = state.guards.breaker
+    if breaker.state == "open":
+        retry = breaker.retry_after()
+        return error_response(
+            EngineUnavailableError("The circuit breaker is open.", retry_after=retry)
+        )
     return json_response({"status": "ready"})

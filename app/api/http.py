@@ -11,12 +11,13 @@ from starlette.responses import Response, StreamingResponse
 
 from app.schemas.errors import ERROR_RESPONSES
 from app.services.cancellation import DisconnectWaiter
+from app.services.generation import Reply
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 # Every generation route declares the error statuses it can answer with.
 GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: ERROR_RESPONSES[code] for code in (400, 404, 413, 422, 429, 503, 504)
+    code: ERROR_RESPONSES[code] for code in (400, 401, 403, 404, 413, 422, 429, 503, 504)
 }
 
 
@@ -24,8 +25,21 @@ def json_response(body: dict[str, Any], status_code: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
 
 
-def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+def sse_response(
+    events: AsyncIterator[bytes], headers: dict[str, str] | None = None
+) -> StreamingResponse:
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
+    )
+
+
+def reply_response(reply: Reply) -> Response:
+    """A service :class:`Reply` as HTTP: SSE when it streams, JSON otherwise."""
+    if reply.events is not None:
+        return sse_response(reply.events, reply.headers)
+    response = json_response(reply.body or {})
+    response.headers.update(reply.headers)
+    return response
 
 
 def disconnect_waiter(request: Request) -> DisconnectWaiter:

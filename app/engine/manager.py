@@ -121,6 +121,17 @@ class EngineManager:
         return self._engine is not None and not self._engine.errored
 
     @property
+    def is_dead(self) -> bool:
+        """The engine was started and has since died (e.g. its core process was killed)."""
+        return self._engine is not None and self._engine.errored
+
+    def fail_all(self, reason: str) -> None:
+        """Fail every in-flight request at once (they see 503), as vLLM does on death."""
+        if self._engine is not None:
+            log.error("failing in-flight requests", extra={"reason": reason})
+            self._engine.output_processor.propagate_error(EngineDeadError())
+
+    @property
     def model_info(self) -> ModelInfo:
         if self._model_info is None:
             raise EngineUnavailableError("The model is still loading.", retry_after=5)

@@ -73,6 +73,9 @@ class _SamplingRequest(_Request):
     min_tokens: int = Field(default=0, ge=0)
     ignore_eos: bool = False
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    # Gateway extras: may lower (never raise) the key's priority; cap the deadline.
+    priority: int | None = Field(default=None, ge=0, le=10)
+    timeout: float | None = Field(default=None, gt=0)
 
     @field_validator("stop")
     @classmethod
@@ -181,6 +184,8 @@ class SimpleGenerateRequest(_Request):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     model: str | None = None
+    priority: int | None = Field(default=None, ge=0, le=10)
+    timeout: float | None = Field(default=None, gt=0)
 
     def to_sampling_options(self, max_tokens: int, stream: bool) -> SamplingOptions:
         return SamplingOptions(

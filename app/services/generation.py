@@ -1,25 +1,41 @@
-"""The one place that knows the order of a generation: validate → engine → results.
+"""The one place that knows the order of a generation:
+validate → rate-limit charge → queue slot → breaker → engine (under a deadline) → results.
 
 Everything that must fail before the first byte is sent (unknown model, context overflow,
-an engine that is not ready, a bad structured-output schema) fails in :meth:`prepare`,
-:meth:`collect` or :meth:`open_stream`, so routers can still answer with a status code.
-The admission queue, rate-limit charge and circuit breaker slot in here as they land.
+an exhausted key, a full queue, an open breaker, a bad structured-output schema) fails in
+:meth:`prepare`, :meth:`admit`, :meth:`collect` or :meth:`open_streams`, so routers can
+still answer with a status code. A stream owns its :class:`RequestLease` and gives it back
+when it ends, however it ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from app.config import ServerSettings
+from app.auth.keys import Principal
+from app.config import Settings
 from app.engine.protocol import EngineClient, EngineStep, SamplingOptions
 from app.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
+from app.resilience.deadline import Deadline, with_deadline
+from app.resilience.settings import LOWEST_PRIORITY
 from app.services.cancellation import DisconnectWaiter, run_until_disconnected
 from app.services.formatting import ChoiceResult, ResponseHead
+from app.services.lease import Guards, RequestLease, open_lease
 
 OptionsBuilder = Callable[[int], SamplingOptions]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, and the priority they asked for in a header (may only lower it)."""
+
+    principal: Principal
+    header_priority: int | None = None
 
 
 @dataclass(slots=True)
@@ -41,30 +57,34 @@ class JobResult:
 class GenerationService:
     """Turns validated requests into engine work; shared by every generation route."""
 
-    def __init__(self, engine: EngineClient, settings: ServerSettings) -> None:
+    def __init__(self, engine: EngineClient, settings: Settings, guards: Guards) -> None:
         self.engine = engine
         self.settings = settings
+        self.guards = guards
 
     def head(self, prefix: str, model: str) -> ResponseHead:
         return ResponseHead(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), model)
 
-    def check_model(self, model: str | None) -> str:
-        """The served model's id; 404 for any other name (``None`` means the default)."""
+    def check_model(self, model: str | None, principal: Principal | None = None) -> str:
+        """The served model's id; 404 for any other name or one the key may not use."""
         served = self.engine.model_info.served_name
         if model is not None and model != served:
             raise ModelNotFoundError(
                 f"The model `{model}` does not exist or you do not have access to it.",
                 param="model",
             )
+        if principal is not None:
+            principal.check_model(served)
         return served
 
     def check_n(self, n: int, prompts: int = 1) -> None:
-        if n > self.settings.max_n:
+        server = self.settings.server
+        if n > server.max_n:
             raise InvalidRequestError(
-                f"n={n} is above this server's limit of {self.settings.max_n}.", param="n"
+                f"n={n} is above this server's limit of {server.max_n}.", param="n"
             )
-        if prompts > self.settings.max_prompts_per_request:
-            limit = self.settings.max_prompts_per_request
+        if prompts > server.max_prompts_per_request:
+            limit = server.max_prompts_per_request
             raise InvalidRequestError(f"At most {limit} prompts per request.", param="prompt")
 
     def prepare(
@@ -81,40 +101,108 @@ class GenerationService:
 
     def _max_tokens(self, prompt_len: int, requested: int | None, param: str) -> int:
         limit = self.engine.model_info.max_model_len
-        wanted = requested or self.settings.default_max_tokens or max(limit - prompt_len, 1)
+        default = self.settings.server.default_max_tokens
+        wanted = requested or default or max(limit - prompt_len, 1)
         if prompt_len + wanted > limit:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
                 f"{prompt_len + wanted} tokens ({prompt_len} in the {param}, {wanted} in the "
-                "completion). Please reduce the length of the "
-                f"{param} or the completion.",
+                f"completion). Please reduce the length of the {param} or the completion.",
                 param=param,
             )
         return wanted
 
-    async def collect(self, jobs: list[Job], disconnected: DisconnectWaiter) -> list[JobResult]:
-        """Run jobs to completion; a client disconnect aborts them all."""
-        return await run_until_disconnected(self._collect_all(jobs), disconnected)
+    async def admit(
+        self,
+        caller: Caller,
+        jobs: list[Job],
+        model: str,
+        body_priority: int | None = None,
+        timeout_s: float | None = None,
+    ) -> RequestLease:
+        """Charge the key, queue for a slot, pass the breaker (429/503), start the deadline."""
+        priority = self._priority(caller, body_priority)
+        deadline = Deadline.for_request(timeout_s, self.settings.resilience.request_timeout_s)
+        prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
+        cost = prompt_tokens + sum(job.options.n * (job.options.max_tokens or 0) for job in jobs)
+        for job in jobs:
+            job.priority = priority
+        recorder = self.guards.metrics.recorder(model)
+        return await open_lease(
+            self.guards, caller.principal, priority, deadline, cost, prompt_tokens, recorder
+        )
 
-    async def _collect_all(self, jobs: list[Job]) -> list[JobResult]:
-        import asyncio
+    def _priority(self, caller: Caller, body_priority: int | None) -> int:
+        """The key's tier priority, lowered (never raised) by the body or X-Priority."""
+        asked = [p for p in (body_priority, caller.header_priority) if p is not None]
+        return min(max([caller.principal.priority, *asked]), LOWEST_PRIORITY)
 
-        return list(await asyncio.gather(*(self._collect_one(job) for job in jobs)))
+    async def collect(
+        self, jobs: list[Job], lease: RequestLease, disconnected: DisconnectWaiter
+    ) -> list[JobResult]:
+        """Run jobs to completion under the deadline; a client disconnect aborts them all."""
+        error: BaseException | None = None
+        try:
+            async with lease.deadline.enforce():
+                work = self._collect_all(jobs, lease)
+                return await run_until_disconnected(work, disconnected)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await lease.close(error)
 
-    async def _collect_one(self, job: Job) -> JobResult:
+    async def _collect_all(self, jobs: list[Job], lease: RequestLease) -> list[JobResult]:
+        return list(await asyncio.gather(*(self._collect_one(job, lease) for job in jobs)))
+
+    async def _collect_one(self, job: Job, lease: RequestLease) -> JobResult:
         choices = [ChoiceResult(index=i) for i in range(job.options.n)]
-        async for step in self.engine.generate(
-            job.prompt_ids, job.options, job.request_id, job.priority
-        ):
+        async for step in self._generate(job):
+            lease.step(sum(delta.num_tokens for delta in step.choices))
             for delta in step.choices:
                 choices[delta.index].add(delta)
         return JobResult(len(job.prompt_ids), choices)
 
-    async def open_stream(self, job: Job) -> AsyncIterator[EngineStep]:
-        """Start the engine request and wait for its first step, so early errors get a status."""
-        stream = self.engine.generate(job.prompt_ids, job.options, job.request_id, job.priority)
-        first = await anext(aiter(stream))
-        return _prepend(first, stream)
+    def _generate(self, job: Job) -> AsyncIterator[EngineStep]:
+        return self.engine.generate(job.prompt_ids, job.options, job.request_id, job.priority)
+
+    async def open_streams(
+        self, jobs: list[Job], lease: RequestLease
+    ) -> list[AsyncIterator[EngineStep]]:
+        """Start every job and wait for its first step, so early errors still get a status.
+
+        On failure the lease is closed here; on success the caller must hand the streams to
+        :func:`leased` so the lease is closed when the stream ends.
+        """
+        streams: list[AsyncIterator[EngineStep]] = []
+        try:
+            for job in jobs:
+                stream = with_deadline(self._generate(job), lease.deadline)
+                first = await anext(stream)
+                streams.append(_prepend(first, stream))
+        except BaseException as exc:
+            for opened in streams:
+                await opened.aclose()  # type: ignore[attr-defined]
+            await lease.close(exc)
+            raise
+        return streams
+
+
+async def leased(
+    steps: AsyncIterator[tuple[int, EngineStep]], lease: RequestLease
+) -> AsyncIterator[tuple[int, EngineStep]]:
+    """Pass steps through, counting tokens; close the lease with the stream's outcome."""
+    error: BaseException | None = None
+    try:
+        async for item in steps:
+            lease.step(sum(delta.num_tokens for delta in item[1].choices))
+            yield item
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        await steps.aclose()  # type: ignore[attr-defined]
+        await lease.close(error)
 
 
 async def _prepend(first: EngineStep, rest: AsyncIterator[EngineStep]) -> AsyncIterator[EngineStep]:
@@ -124,3 +212,12 @@ async def _prepend(first: EngineStep, rest: AsyncIterator[EngineStep]) -> AsyncI
             yield step
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class Reply:
+    """What a route sends: a JSON body or an SSE event stream, with extra headers."""
+
+    headers: dict[str, str]
+    body: dict[str, Any] | None = None
+    events: AsyncIterator[bytes] | None = None

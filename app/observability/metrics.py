@@ -1,0 +1,253 @@
+"""The gateway's Prometheus metrics, all under the one prefix ``gateway_``.
+
+Metric objects are created once per registry (:meth:`GatewayMetrics.for_registry`), so any
+number of apps in one process share them without "Duplicated timeseries" errors. Who
+records what:
+
+- :class:`~app.observability.middleware.RequestContextMiddleware`: ``gateway_requests_total``,
+  ``gateway_request_duration_seconds`` (until the last body byte), ``gateway_errors_total``,
+  ``gateway_requests_in_flight`` — for every route but ``/metrics``, health and alerts.
+- :class:`~app.observability.recorder.RequestRecorder` (the service, per request): TTFT,
+  inter-token latency, tokens, queue wait.
+- listeners (queue, breaker, rate limiter, engine manager): the event methods below.
+
+vLLM's own ``vllm:*`` metrics live in prometheus_client's default ``REGISTRY``;
+:func:`render_metrics` appends it so one scrape returns both.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+
+from app.observability.recorder import RequestRecorder
+
+if TYPE_CHECKING:
+    from app.observability.context import RequestContext
+
+# LLM latencies span three orders of magnitude: a cached 1-token answer to minutes of output.
+REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ITL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+QUEUE_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+SHED_REASONS = ("queue_full", "queue_timeout", "overloaded", "draining")
+RATE_LIMITS = ("requests", "tokens", "concurrency")
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+
+_cache: weakref.WeakKeyDictionary[CollectorRegistry, GatewayMetrics] = weakref.WeakKeyDictionary()
+_cache_lock = threading.Lock()
+log = logging.getLogger(__name__)
+
+
+class GatewayMetrics:
+    """Every ``gateway_*`` metric, registered on one registry; event methods for listeners."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register every metric on ``registry`` (twice raises: use :meth:`for_registry`)."""
+        self.registry = registry
+        self._hooks: list[Callable[[], None]] = []
+        self._priorities: set[int] = set()
+        self._define_request_metrics(registry)
+        self._define_token_metrics(registry)
+        self._define_admission_metrics(registry)
+        self._define_engine_metrics(registry)
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> GatewayMetrics:
+        """The one instance for ``registry``, created on first use (thread-safe)."""
+        with _cache_lock:
+            metrics = _cache.get(registry)
+            if metrics is None:
+                metrics = _cache[registry] = cls(registry)
+            return metrics
+
+    def _define_request_metrics(self, r: CollectorRegistry) -> None:
+        rm = ("route", "model")
+        self.requests = Counter(
+            "gateway_requests", "Requests answered, by outcome status.", [*rm, "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "From request start to the last response byte.",
+            rm,
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight", "Requests being served now.", registry=r
+        )
+        self.errors = Counter(
+            "gateway_errors", "Error responses, by error code.", ["route", "code"], registry=r
+        )
+
+    def _define_token_metrics(self, r: CollectorRegistry) -> None:
+        rm = ("route", "model")
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "From request start to the first generated token.",
+            rm,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "gateway_inter_token_latency_seconds",
+            "Time between consecutive engine steps of one request.",
+            rm,
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "gateway_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "gateway_completion_tokens", "Completion tokens generated.", ["model"], registry=r
+        )
+
+    def _define_admission_metrics(self, r: CollectorRegistry) -> None:
+        self.queue_depth = Gauge(
+            "gateway_queue_depth", "Requests waiting for admission.", ["priority"], registry=r
+        )
+        self.queue_capacity = Gauge(
+            "gateway_queue_capacity", "Most requests the admission queue holds.", registry=r
+        )
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time from arrival to admission.",
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            "gateway_requests_shed",
+            "Requests refused to protect the engine.",
+            ["reason"],
+            registry=r,
+        )
+        self.timed_out = Counter(
+            "gateway_requests_timed_out", "Requests that ran past their deadline.", registry=r
+        )
+        self.rate_limited = Counter(
+            "gateway_rate_limited", "Rate-limit rejections.", ["key", "limit"], registry=r
+        )
+        for reason in SHED_REASONS:  # so rate() sees a 0 before the first event
+            self.shed.labels(reason)
+
+    def _define_engine_metrics(self, r: CollectorRegistry) -> None:
+        self.breaker_state = Gauge(
+            "gateway_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", registry=r
+        )
+        self.breaker_transitions = Counter(
+            "gateway_breaker_transitions",
+            "Circuit breaker state changes.",
+            ["from_state", "to_state"],
+            registry=r,
+        )
+        self.engine_up = Gauge(
+            "gateway_engine_up", "1 when the engine is loaded and healthy.", registry=r
+        )
+        self.engine_restarts = Counter(
+            "gateway_engine_restarts", "Engine restarts after a failure.", registry=r
+        )
+
+    # -- per request --------------------------------------------------------------------------
+
+    def recorder(self, model: str, context: RequestContext | None = None) -> RequestRecorder:
+        """A recorder for one request; binds to the current request's context by default."""
+        return RequestRecorder(self, model, context)
+
+    # -- gauges read on demand --------------------------------------------------------------
+
+    def on_collect(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` before every ``/metrics`` render and alert evaluation.
+
+        For state that is cheaper to read than to track (queue depth from
+        ``PriorityAdmission.stats()``). A failing hook is logged and skipped.
+        """
+        self._hooks.append(hook)
+
+    def refresh(self) -> None:
+        """Run the :meth:`on_collect` hooks."""
+        for hook in self._hooks:
+            try:
+                hook()
+            except Exception:  # a broken hook must not break scraping
+                log.exception("metrics hook failed")
+
+    def set_queue_depths(self, depths: Mapping[int, int], capacity: int | None = None) -> None:
+        """Queue depth per priority; priorities missing from ``depths`` drop to 0."""
+        for priority in self._priorities - set(depths):
+            self.queue_depth.labels(str(priority)).set(0)
+        for priority, depth in depths.items():
+            self.queue_depth.labels(str(priority)).set(depth)
+        self._priorities |= set(depths)
+        if capacity is not None:
+            self.queue_capacity.set(capacity)
+
+    # -- events from listeners ----------------------------------------------------------------
+
+    def set_queue_depth(self, priority: int, depth: int) -> None:
+        self.queue_depth.labels(str(priority)).set(depth)
+        self._priorities.add(priority)
+
+    def set_queue_capacity(self, capacity: int) -> None:
+        self.queue_capacity.set(capacity)
+
+    def request_shed(self, reason: str) -> None:
+        """Count a refused request; ``reason`` is one of :data:`SHED_REASONS`."""
+        if reason not in SHED_REASONS:
+            raise ValueError(f"unknown shed reason {reason!r}; expected one of {SHED_REASONS}")
+        self.shed.labels(reason).inc()
+
+    def request_timed_out(self) -> None:
+        self.timed_out.inc()
+
+    def rate_limit_rejected(self, key_name: str, limit: str) -> None:
+        """Count a 429 for the key's *name* (never the key); ``limit`` in :data:`RATE_LIMITS`."""
+        if limit not in RATE_LIMITS:
+            raise ValueError(f"unknown limit {limit!r}; expected one of {RATE_LIMITS}")
+        self.rate_limited.labels(key_name, limit).inc()
+
+    def breaker_changed(self, from_state: str, to_state: str) -> None:
+        """A breaker transition (pybreaker names: ``closed``, ``half-open``, ``open``)."""
+        old, new = _breaker_state(from_state), _breaker_state(to_state)
+        self.breaker_state.set(BREAKER_STATES[new])
+        self.breaker_transitions.labels(old, new).inc()
+
+    def set_engine_up(self, up: bool) -> None:
+        self.engine_up.set(1 if up else 0)
+
+    def engine_restarted(self) -> None:
+        self.engine_restarts.inc()
+
+
+def _breaker_state(name: str) -> str:
+    state = name.lower().replace("_", "-")
+    if state not in BREAKER_STATES:
+        raise ValueError(f"unknown breaker state {name!r}")
+    return state
+
+
+def render_metrics(metrics: GatewayMetrics | None) -> bytes:
+    """The text exposition: the gateway's registry, then the default one (``vllm:*``)."""
+    if metrics is None or metrics.registry is REGISTRY:
+        if metrics is not None:
+            metrics.refresh()
+        return generate_latest(REGISTRY)
+    metrics.refresh()
+    # A private gateway registry (tests): add only vLLM's families from the default one, so
+    # another app's gateway_* series in the same process cannot leak into this exposition.
+    return generate_latest(metrics.registry) + generate_latest(_VllmOnly())  # type: ignore[arg-type]
+
+
+class _VllmOnly:
+    """A collector view of the default registry restricted to ``vllm:*`` families."""
+
+    def collect(self) -> Iterable[Metric]:
+        return [family for family in REGISTRY.collect() if family.name.startswith("vllm:")]

@@ -1,0 +1,71 @@
+"""ProgressWatchdog: a stall is outstanding work without progress for stall_after_s."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.resilience.watchdog import ProgressWatchdog, WatchdogStats
+from tests.resilience.manual_clock import ManualClock
+
+
+def test_idle_engine_is_never_stalled() -> None:
+    """With nothing outstanding, silence is not a stall."""
+    clock = ManualClock()
+    watchdog = ProgressWatchdog(60.0, clock)
+    clock.advance(3600.0)
+    assert not watchdog.stalled() and watchdog.silent_for() == 0.0
+
+
+def test_busy_engine_without_progress_for_stall_after_s_is_stalled() -> None:
+    """Busy and silent for stall_after_s is a stall; a token just before is not."""
+    clock = ManualClock()
+    watchdog = ProgressWatchdog(60.0, clock)
+    watchdog.note_busy(3)
+    clock.advance(59.0)
+    watchdog.note_progress()
+    clock.advance(59.0)
+    assert not watchdog.stalled()
+    clock.advance(1.0)
+    assert watchdog.stalled() and watchdog.silent_for() == 60.0
+
+
+def test_work_arriving_at_an_idle_engine_starts_the_silence_clock() -> None:
+    """Long idleness before a request does not count as silence."""
+    clock = ManualClock()
+    watchdog = ProgressWatchdog(60.0, clock)
+    clock.advance(3600.0)
+    watchdog.note_busy(1)
+    clock.advance(30.0)
+    watchdog.note_busy(2)  # still busy: the clock keeps running
+    assert watchdog.silent_for() == 30.0 and not watchdog.stalled()
+
+
+def test_finishing_all_work_or_reset_clears_a_stall() -> None:
+    """note_busy(0) and reset() both end a stall."""
+    clock = ManualClock()
+    watchdog = ProgressWatchdog(10.0, clock)
+    watchdog.note_busy(1)
+    clock.advance(11.0)
+    assert watchdog.stalled()
+    watchdog.note_busy(0)
+    assert not watchdog.stalled()
+    watchdog.note_busy(1)
+    clock.advance(11.0)
+    watchdog.reset()
+    assert not watchdog.stalled() and watchdog.busy == 0
+
+
+def test_explicit_now_and_stats() -> None:
+    """stalled(now) judges at the given time; stats() summarises busy, silence, stall."""
+    clock = ManualClock()
+    watchdog = ProgressWatchdog(10.0, clock)
+    watchdog.note_busy(2)
+    assert watchdog.stalled(clock.now() + 10.0)
+    clock.advance(4.0)
+    assert watchdog.stats() == WatchdogStats(busy=2, silent_for_s=4.0, stalled=False)
+
+
+def test_non_positive_stall_threshold_is_refused() -> None:
+    """stall_after_s must be positive."""
+    with pytest.raises(ValueError):
+        ProgressWatchdog(0.0, ManualClock())
