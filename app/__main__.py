@@ -1,14 +1,47 @@
-"""``python -m app [--host H] [--port P]``: serve the gateway (one uvicorn worker per engine)."""
+"""``python -m app [--host H] [--port P]``: serve the gateway (one uvicorn worker per engine).
+
+Shutdown is graceful: the first SIGTERM/SIGINT turns ``/readyz`` to 503 and refuses new
+requests with 503 + Retry-After, lets in-flight requests finish for ``SHUTDOWN_GRACE_S``,
+then stops uvicorn (aborting what is left) and exits 0. A second signal exits at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
+from types import FrameType
 
 import uvicorn
 
-from app.config import ConfigError, load_settings
-from app.main import create_app
+from app.config import ConfigError, Settings, load_settings
+from app.observability.logging import configure_logging
+
+log = logging.getLogger("app")
+
+# uvicorn cancels what is still running this long after the drain ends.
+ABORT_AFTER_DRAIN_S = 1.0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but the first exit signal drains the app before the listener closes."""
+
+    def __init__(self, config: uvicorn.Config, app: object) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain is not None or self.should_exit:
+            super().handle_exit(sig, frame)  # second signal: uvicorn's own (force) exit
+            return
+        self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        finished = await self._app.state.lifecycle.drain()  # type: ignore[attr-defined]
+        log.warning("drained" if finished else "grace period over; aborting the rest")
+        self.should_exit = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=settings.server.host)
     parser.add_argument("--port", type=int, default=settings.server.port)
     args = parser.parse_args(argv)
+    # Before vLLM is imported (by create_app), so its import-time warnings are JSON too.
+    configure_logging(settings.observability)
+    return serve(settings, args.host, args.port)
+
+
+def serve(settings: Settings, host: str, port: int) -> int:
+    from app.main import create_app
+
     fatal: list[BaseException] = []
-    server: uvicorn.Server | None = None
+    server: DrainingServer | None = None
 
     def on_fatal(exc: BaseException) -> None:
         fatal.append(exc)
@@ -30,8 +71,15 @@ def main(argv: list[str] | None = None) -> int:
             server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", workers=1)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=settings.observability.log_access,
+        timeout_graceful_shutdown=ABORT_AFTER_DRAIN_S,
+    )
+    server = DrainingServer(config, app)
     server.run()
     if fatal:
         print(f"error: the engine could not start: {fatal[0]}", file=sys.stderr)

@@ -1,0 +1,92 @@
+"""A real gateway process (``python -m app``) for tests that need signals or a second replica.
+
+Used where an in-process server cannot do the job: SIGTERM drains, SIGKILL of the engine core,
+and several replicas sharing Redis. Each one starts its own engine (~20 s on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.support.servers import free_port
+
+ROOT = Path(__file__).parents[2]
+BASE_ENV = {
+    "MAX_MODEL_LEN": "1024",
+    "LOG_JSON": "true",
+    "RATE_LIMIT_RPM": "1000000",
+    "RATE_LIMIT_TPM": "1000000000",
+    "SHUTDOWN_GRACE_S": "5",
+}
+
+
+class GatewayProcess:
+    """Start with :meth:`start`; logs go to ``log_path``; always :meth:`stop` it."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None, name: str = "gw"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}-{self.port}.log"
+        self.env = {**os.environ, **BASE_ENV, **(env or {}), "PORT": str(self.port)}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float = 300) -> GatewayProcess:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app"], cwd=ROOT, env=self.env, stdout=log, stderr=log
+            )
+        self.wait_ready(ready_timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> float:
+        """Seconds until ``/readyz`` answers 200; fails if the process dies first."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            assert self.proc is not None and self.proc.poll() is None, self.log_tail()
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"gateway not ready after {timeout}s\n{self.log_tail()}")
+
+    def engine_core(self) -> psutil.Process:
+        """vLLM's engine-core child process."""
+        assert self.proc is not None
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+                return child
+        raise LookupError("no EngineCore child process")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                child.kill()
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
