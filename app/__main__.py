@@ -21,7 +21,7 @@ from app.observability.logging import configure_logging
 log = logging.getLogger("app")
 
 # uvicorn cancels what is still running this long after the drain ends.
-ABORT_AFTER_DRAIN_S = 1.0
+ABORT_AFTER_DRAIN_S = 1
 
 
 class DrainingServer(uvicorn.Server):

@@ -13,15 +13,15 @@ from app.services.generation import Caller, GenerationService
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def get_generation(request: Request) -> GenerationService:
-    return request.app.state.generation  # type: ignore[no-any-return]
+    return request.app.state.generation
 
 
 def _keys(request: Request) -> KeyStore:
-    return request.app.state.keys  # type: ignore[no-any-return]
+    return request.app.state.keys
 
 
 def _note_key(principal: Principal) -> Principal:

@@ -100,7 +100,7 @@ def build_engine(settings: Settings, metrics: GatewayMetrics) -> EngineClient:
         manager = EngineManager(settings.engine)
         return FaultInjectingEngine(manager, plan) if plan is not None else manager
 
-    return EngineSupervisor(  # type: ignore[return-value]
+    return EngineSupervisor(
         factory, settings.resilience.engine_stall_s, on_restart=metrics.engine_restarted
     )
 
@@ -152,7 +152,7 @@ def _install_routes(app: FastAPI) -> None:
     app.include_router(observability.router, dependencies=[Depends(require_admin)])
 
 
-def _lifespan(engine: EngineClient | None, on_fatal: FatalHandler | None):  # type: ignore[no-untyped-def]
+def _lifespan(engine: EngineClient | None, on_fatal: FatalHandler | None):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Load the model in the background so liveness answers during the ~20 s start-up.

@@ -27,9 +27,10 @@ async def readyz(request: Request) -> Response:
         return error_response(error)
     if not state.generation.engine.is_ready:
         return error_response(EngineUnavailableError("The engine is not ready.", retry_after=5))
-    breaker = state.guards.breaker
-    if breaker.state == "open":
-        retry = breaker.retry_after()
+    # An open breaker past its reset timeout lets the next request through as a trial, so
+    # it counts as ready: otherwise a pod out of rotation would never get that request.
+    retry = state.guards.breaker.retry_after()
+    if retry > 0:
         return error_response(
             EngineUnavailableError("The circuit breaker is open.", retry_after=retry)
         )

@@ -54,14 +54,14 @@ class FaultInjectingEngine:
 
     @property
     def model_info(self) -> ModelInfo:
-        return self.inner.model_info  # type: ignore[no-any-return]
+        return self.inner.model_info
 
     @property
     def device_info(self) -> DeviceInfo:
-        return self.inner.device_info  # type: ignore[no-any-return]
+        return self.inner.device_info
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self.inner.encode_chat(messages)  # type: ignore[no-any-return]
+        return self.inner.encode_chat(messages)
 
     def num_unfinished_requests(self) -> int:
         # A stalled request is work the engine has not finished, as a hung engine would show.

@@ -97,7 +97,7 @@ class EngineManager:
         return AsyncEngineArgs(
             model=source,
             dtype=settings.dtype,
-            max_model_len=settings.max_model_len,
+            max_model_len=settings.max_model_len,  # type: ignore[arg-type]  # None = model's
             gpu_memory_utilization=utilization,
             enforce_eager=eager,
             max_num_seqs=settings.max_num_seqs,

@@ -34,7 +34,6 @@ class SamplingOptions:
     logprobs: int | None = None
     json_schema: dict[str, Any] | None = None
     json_object: bool = False
-    stream: bool = False
 
 
 @dataclass(slots=True)
@@ -48,7 +47,7 @@ class TokenLogprob:
 
 @dataclass(slots=True)
 class ChoiceDelta:
-    """New output of one choice since the previous step (streaming) or all of it (final)."""
+    """New output of one choice since the previous engine step."""
 
     index: int
     text: str

@@ -145,23 +145,23 @@ class EngineSupervisor:
 
     @property
     def model_info(self) -> ModelInfo:
-        return self._engine.model_info  # type: ignore[no-any-return]
+        return self._engine.model_info
 
     @property
     def device_info(self) -> DeviceInfo:
-        return self._engine.device_info  # type: ignore[no-any-return]
+        return self._engine.device_info
 
     def encode_prompt(self, text: str) -> list[int]:
-        return self._engine.encode_prompt(text)  # type: ignore[no-any-return]
+        return self._engine.encode_prompt(text)
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self._engine.encode_chat(messages)  # type: ignore[no-any-return]
+        return self._engine.encode_chat(messages)
 
     def decode(self, token_ids: list[int]) -> str:
-        return self._engine.decode(token_ids)  # type: ignore[no-any-return]
+        return self._engine.decode(token_ids)
 
     def num_unfinished_requests(self) -> int:
-        return self._engine.num_unfinished_requests()  # type: ignore[no-any-return]
+        return self._engine.num_unfinished_requests()
 
     async def check_health(self) -> None:
         if not self.is_ready:

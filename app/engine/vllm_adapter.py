@@ -16,8 +16,8 @@ from app.engine.protocol import ChoiceDelta, EngineStep, SamplingOptions, TokenL
 
 
 def to_sampling_params(options: SamplingOptions) -> SamplingParams:
-    """Build vLLM's params; streaming asks for deltas so no step re-sends old text."""
-    kind = RequestOutputKind.DELTA if options.stream else RequestOutputKind.FINAL_ONLY
+    """Build vLLM's params. Always deltas, streaming or not: no step re-sends old text, and
+    every step shows progress, which stall detection and TTFT metrics rely on."""
     return SamplingParams(
         n=options.n,
         max_tokens=options.max_tokens,
@@ -34,7 +34,7 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
         ignore_eos=options.ignore_eos,
         logprobs=options.logprobs,
         structured_outputs=_structured_outputs(options),
-        output_kind=kind,
+        output_kind=RequestOutputKind.DELTA,
     )
 
 

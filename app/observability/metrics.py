@@ -243,7 +243,7 @@ def render_metrics(metrics: GatewayMetrics | None) -> bytes:
     metrics.refresh()
     # A private gateway registry (tests): add only vLLM's families from the default one, so
     # another app's gateway_* series in the same process cannot leak into this exposition.
-    return generate_latest(metrics.registry) + generate_latest(_VllmOnly())  # type: ignore[arg-type]
+    return generate_latest(metrics.registry) + generate_latest(_VllmOnly())
 
 
 class _VllmOnly:

@@ -49,8 +49,14 @@ _ADMISSION_ERRORS = (QueueFullError, QueueTimeoutError, OverloadedError, Shuttin
 
 
 def is_client_error(exc: BaseException) -> bool:
-    """True for outcomes that say nothing about the engine's health."""
-    if isinstance(exc, (asyncio.CancelledError, GeneratorExit, *_ADMISSION_ERRORS)):
+    """True for outcomes that say nothing about the engine's health.
+
+    ``EngineUnavailableError`` is neutral too: it means the engine is dead or restarting,
+    which the supervisor already handles by failing fast; counting it would keep the breaker
+    open for a whole reset timeout after the engine is back.
+    """
+    neutral = (asyncio.CancelledError, GeneratorExit, EngineUnavailableError, *_ADMISSION_ERRORS)
+    if isinstance(exc, neutral):
         return True
     return isinstance(exc, GatewayError) and exc.status < 500
 

@@ -52,7 +52,9 @@ class Deadline:
         return self.clock.now() >= self.at
 
     def error(self) -> GatewayTimeoutError:
-        return GatewayTimeoutError(f"The request did not finish within {self.timeout_s:g}s.")
+        # Retry-After on every 504 (issue 3): a timeout under load may pass on a later try.
+        message = f"The request did not finish within {self.timeout_s:g}s."
+        return GatewayTimeoutError(message, retry_after=1.0)
 
     def check(self) -> None:
         """Raise :class:`GatewayTimeoutError` if the deadline has passed."""

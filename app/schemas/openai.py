@@ -106,7 +106,6 @@ class _SamplingRequest(_Request):
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
-            stream=self.stream,
         )
 
 
@@ -187,7 +186,7 @@ class SimpleGenerateRequest(_Request):
     priority: int | None = Field(default=None, ge=0, le=10)
     timeout: float | None = Field(default=None, gt=0)
 
-    def to_sampling_options(self, max_tokens: int, stream: bool) -> SamplingOptions:
+    def to_sampling_options(self, max_tokens: int) -> SamplingOptions:
         return SamplingOptions(
-            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stream=stream
+            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p
         )

@@ -52,7 +52,7 @@ class Guards:
         """Count why a request was refused before it reached the engine."""
         if isinstance(exc, RateLimitExceededError):
             self.metrics.rate_limit_rejected(principal.name, exc.limit)
-        elif (reason := _SHED_REASONS.get(type(exc))) is not None:
+        elif isinstance(exc, GatewayError) and (reason := _SHED_REASONS.get(type(exc))):
             self.metrics.request_shed(reason)
 
 

@@ -24,9 +24,7 @@ async def simple_generation(
     model = service.check_model(req.model, caller.principal)
     head = service.head("gen", model)
     ids = service.engine.encode_prompt(req.prompt)
-    job = service.prepare(
-        head.id, ids, req.max_tokens, lambda m: req.to_sampling_options(m, stream), "prompt"
-    )
+    job = service.prepare(head.id, ids, req.max_tokens, req.to_sampling_options, "prompt")
     lease = await service.admit(caller, [job], model, req.priority, req.timeout)
     headers = lease.charge.headers()
     if stream:

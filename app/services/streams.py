@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -21,7 +21,7 @@ async def merge_streams(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[
         async for item in streams[0]:
             yield 0, item
         return
-    queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     tasks = [asyncio.create_task(_pump(i, s, queue)) for i, s in enumerate(streams)]
     try:
         remaining = len(tasks)
@@ -32,7 +32,7 @@ async def merge_streams(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[
             if item is _END:
                 remaining -= 1
                 continue
-            yield index, item  # type: ignore[misc]
+            yield index, item
     finally:
         for task in tasks:
             task.cancel()

@@ -139,6 +139,7 @@ def test_trial_ending_without_verdict_frees_the_trial_for_another_request() -> N
         QueueFullError("full"),
         QueueTimeoutError("waited"),
         OverloadedError("busy"),
+        EngineUnavailableError("engine dead or restarting: the supervisor's to handle"),
     ],
 )
 def test_client_errors_and_cancellation_are_neutral(exc: BaseException) -> None:
@@ -158,7 +159,6 @@ def test_client_errors_and_cancellation_are_neutral(exc: BaseException) -> None:
         TimeoutError(),
         GatewayTimeoutError("slow"),
         ServiceUnavailableError("dead"),
-        EngineUnavailableError("engine dead"),
         GatewayError("internal"),
     ],
 )
