@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
-"""Developer entry point: ``python dev.py {setup,run,test}``.
+"""Developer entry point: ``python dev.py {setup,run,test,...}`` (``--help`` lists all).
 
 Runs with any Python 3.11+ and needs nothing installed: ``setup`` creates ``.venv``, installs
 the requirements and the inference engine (vLLM's CUDA build where an NVIDIA GPU is present,
 its CPU build otherwise), and builds the embedded default model. ``run`` and ``test`` call
 ``setup`` first, which is quick when nothing changed. Every command prints what it runs and
 exits non-zero on failure.
+
+Quality and delivery: ``lint`` (ruff, black --check), ``format`` (ruff --fix, black),
+``typecheck`` (mypy), ``security`` (bandit; pip-audit where its database is reachable),
+``build`` (docker build; needs a Docker engine) and ``ci``: the jobs of
+``.github/workflows/ci.yml``, in order. ``setup`` also installs the git pre-commit hooks.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -56,7 +62,14 @@ def _fingerprint() -> str:
 
 
 def setup(_: argparse.Namespace | None = None) -> None:
-    """Create .venv, install what is missing, build the default model."""
+    """Create .venv, install what is missing, build the default model, install git hooks."""
+    ensure_dependencies()
+    sh(PY, "-m", "app.engine.default_model")
+    install_git_hooks()
+
+
+def ensure_dependencies() -> None:
+    """Create .venv and install the requirements and the engine when they changed."""
     if not PY.exists():
         sh(sys.executable, "-m", "venv", VENV)
     fingerprint = _fingerprint()
@@ -65,7 +78,28 @@ def setup(_: argparse.Namespace | None = None) -> None:
         STAMP.write_text(fingerprint)
     else:
         print("dependencies up to date (.venv)")
-    sh(PY, "-m", "app.engine.default_model")
+
+
+def install_git_hooks() -> None:
+    """`pre-commit install` (hooks of .pre-commit-config.yaml), inside a git checkout only."""
+    git = shutil.which("git")
+    inside = git and subprocess.call(
+        [git, "rev-parse", "--is-inside-work-tree"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if not git or inside != 0:
+        print("not a git checkout: git hooks not installed")
+        return
+    hooks_path = subprocess.run(
+        [git, "config", "--get", "core.hooksPath"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    if hooks_path:
+        # pre-commit refuses to install then; say so rather than fail the whole setup.
+        print(f"git core.hooksPath is set ({hooks_path}): run `.venv/bin/pre-commit install`")
+        return
+    sh(PY, "-m", "pre_commit", "install")
 
 
 def install_packages() -> None:
@@ -125,6 +159,154 @@ def bench(argv: list[str]) -> None:
     sh(PY, "-m", "loadtest.bench", *argv)
 
 
+# ------------------------------------------------------------------ quality and delivery
+
+IMAGE = "llm-gateway"
+# The jobs of .github/workflows/ci.yml, in the order `ci` runs them (tests/infra checks both).
+CI_STEPS = ("lint", "typecheck", "security", "test", "promtool", "build")
+
+
+def lint(_: argparse.Namespace | None = None) -> None:
+    """Style checks: ruff check and black --check (no file is changed)."""
+    ensure_dependencies()
+    sh(PY, "-m", "ruff", "check", ".")
+    sh(PY, "-m", "black", "--check", ".")
+
+
+def format_code(_: argparse.Namespace | None = None) -> None:
+    """Fix what can be fixed: ruff check --fix, then black."""
+    ensure_dependencies()
+    sh(PY, "-m", "ruff", "check", "--fix", ".")
+    sh(PY, "-m", "black", ".")
+
+
+def typecheck(_: argparse.Namespace | None = None) -> None:
+    """Type-check the service: mypy app."""
+    ensure_dependencies()
+    sh(PY, "-m", "mypy", "app")
+
+
+def security(args: argparse.Namespace | None = None) -> None:
+    """bandit on app/; then pip-audit of .venv, which only counts where its database answers."""
+    ensure_dependencies()
+    sh(PY, "-m", "bandit", "-r", "app", "-ll")
+    require = bool(args and getattr(args, "require_audit", False))
+    cmd = [str(PY), "-m", "pip_audit", "--format", "json", "--progress-spinner", "off"]
+    print("+", " ".join(cmd), flush=True)
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        outcome, message = judge_audit(done.returncode, done.stdout, done.stderr)
+    except subprocess.TimeoutExpired:
+        outcome, message = "not-audited", "not audited: pip-audit timed out after 900 s"
+    print(message, flush=True)
+    if outcome == "vulnerable" or (outcome == "not-audited" and require):
+        sys.exit(1)
+
+
+def judge_audit(returncode: int, stdout: str, stderr: str = "") -> tuple[str, str]:
+    """Read pip-audit's JSON report: ``(outcome, message)``, outcome one of ``passed``,
+    ``partial``, ``vulnerable`` or ``not-audited``.
+
+    Offline, pip-audit exits 0 and says "No known vulnerabilities found" after skipping every
+    package it could not look up: that is reported as ``not-audited``, never as a pass.
+    """
+    try:
+        report = json.loads(stdout)
+        deps = report["dependencies"]
+    except (ValueError, KeyError, TypeError):
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        return "not-audited", f"not audited: pip-audit gave no report (exit {returncode}): {tail}"
+    audited = [dep for dep in deps if "skip_reason" not in dep]
+    skipped = [dep["name"] for dep in deps if "skip_reason" in dep]
+    vulnerable = [dep for dep in audited if dep.get("vulns")]
+    if vulnerable:
+        lines = [
+            f"  {dep['name']} {dep.get('version', '?')}: "
+            + ", ".join(
+                f"{vuln.get('id')} (fix: {', '.join(vuln.get('fix_versions') or []) or 'none'})"
+                for vuln in dep["vulns"]
+            )
+            for dep in vulnerable
+        ]
+        return "vulnerable", "\n".join(
+            [f"dependency audit FAILED: {len(vulnerable)} vulnerable package(s)", *lines]
+        )
+    if not audited:
+        return "not-audited", (
+            "not audited: vulnerability database unreachable "
+            f"(pip-audit could look up none of the {len(deps)} packages; this is not a pass)"
+        )
+    if skipped:
+        return "partial", (
+            f"dependency audit: no known vulnerabilities in {len(audited)} packages; "
+            f"not audited ({len(skipped)}): {', '.join(sorted(skipped))}"
+        )
+    return "passed", f"dependency audit passed: no known vulnerabilities in {len(audited)} packages"
+
+
+def docker_engine() -> tuple[bool, str]:
+    """Whether a Docker engine answers (`docker info`), and why not."""
+    docker = shutil.which("docker")
+    if not docker:
+        return False, "the docker CLI is not installed"
+    try:
+        done = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return False, "`docker info` timed out"
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return False, f"`docker info` failed: {lines[-1] if lines else done.returncode}"
+    return True, ""
+
+
+def build(args: argparse.Namespace | None = None) -> None:
+    """docker build of the Dockerfile's cpu (default) or cuda target."""
+    target = getattr(args, "target", None) or "cpu"
+    tag = getattr(args, "tag", None) or f"{IMAGE}:{target}"
+    available, why = docker_engine()
+    if not available:
+        print(
+            f"error: cannot build {tag}: no Docker engine here ({why}). The Dockerfile's static "
+            "checks run without one: python dev.py test tests/infra",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    sh("docker", "build", "--target", target, "--tag", tag, ".")
+
+
+def promtool_rules(_: argparse.Namespace | None = None) -> None:
+    """promtool check rules + test rules on alerts/ (CI's promtool job)."""
+    ensure_system_packages()
+    sh("promtool", "check", "rules", "alerts/gateway-rules.yml")
+    unit_tests = sorted((ROOT / "alerts" / "tests").glob("*.yml"))
+    if unit_tests:
+        sh("promtool", "test", "rules", *unit_tests)
+
+
+def ci(_: argparse.Namespace | None = None) -> None:
+    """CI's jobs here, in order: lint, typecheck, security, test, promtool, build (if Docker)."""
+    steps = {
+        "lint": lint,
+        "typecheck": typecheck,
+        "security": security,
+        "test": lambda: test(argparse.Namespace(pytest_args=[])),
+        "promtool": promtool_rules,
+        "build": _build_if_docker,
+    }
+    for name in CI_STEPS:
+        print(f"\n=== ci: {name} ===", flush=True)
+        steps[name]()
+    print("\n=== ci: all steps passed ===")
+
+
+def _build_if_docker() -> None:
+    available, why = docker_engine()
+    if not available:
+        print(f"build: SKIPPED, no Docker engine here ({why}); CI's build job builds the image")
+        return
+    build(argparse.Namespace(target="cpu", tag=None))
+
+
 PASSTHROUGH = {"keys": keys, "load-test": load_test, "bench": bench}
 
 
@@ -139,6 +321,21 @@ def main() -> None:
     test_parser = sub.add_parser("test", help=test.__doc__)
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     test_parser.set_defaults(func=test)
+    sub.add_parser("lint", help=lint.__doc__).set_defaults(func=lint)
+    sub.add_parser("format", help=format_code.__doc__).set_defaults(func=format_code)
+    sub.add_parser("typecheck", help=typecheck.__doc__).set_defaults(func=typecheck)
+    security_parser = sub.add_parser("security", help=security.__doc__)
+    security_parser.add_argument(
+        "--require-audit",
+        action="store_true",
+        help="fail when pip-audit cannot reach its vulnerability database (CI, online)",
+    )
+    security_parser.set_defaults(func=security)
+    build_parser = sub.add_parser("build", help=build.__doc__)
+    build_parser.add_argument("--target", choices=("cpu", "cuda"), default="cpu")
+    build_parser.add_argument("--tag", help="image tag (default llm-gateway:TARGET)")
+    build_parser.set_defaults(func=build)
+    sub.add_parser("ci", help=ci.__doc__).set_defaults(func=ci)
     for name, func in PASSTHROUGH.items():
         sub.add_parser(name, help=func.__doc__, add_help=False)
     if len(sys.argv) > 1 and sys.argv[1] in PASSTHROUGH:

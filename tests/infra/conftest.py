@@ -1,0 +1,249 @@
+"""Fixtures for the static checks of the delivery files: Dockerfile, compose, Kubernetes,
+Terraform, CI workflow and pre-commit config. Nothing here starts the engine or a container,
+and nothing needs the network once the tools are installed.
+
+Where the tools come from:
+
+* pip tools (hadolint, check-jsonschema, kubernetes-validate, actionlint, shellcheck,
+  pre-commit) are pinned in requirements-dev.txt, so ``python dev.py setup`` puts them in
+  .venv next to the Python running these tests;
+* checkov pins too much to share .venv: it is installed on first use into its own venv under
+  ``~/.cache/llm-gateway-tools/checkov-<version>`` (or ``$LLM_GATEWAY_TOOLS_CACHE``);
+* kubectl, terraform and promtool are machine binaries (the image has kubectl and terraform,
+  ``dev.py test`` installs promtool). Missing, they fail the test under CI=true and skip it
+  elsewhere, saying what to install.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "infra" / "k8s"
+TERRAFORM = ROOT / "infra" / "terraform"
+OVERLAYS = ("cpu", "gpu")
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+CHECKOV_VERSION = "3.3.30"
+VENV_BIN = Path(sys.executable).parent
+
+
+def venv_tool(name: str) -> str:
+    """An executable that requirements-dev.txt installs next to this Python."""
+    candidate = VENV_BIN / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    pytest.fail(f"{name} is not installed: run `python dev.py setup` (see requirements-dev.txt)")
+
+
+def machine_tool(name: str, how: str) -> str:
+    """A binary of the machine (not pip-installable here): fail under CI, skip elsewhere."""
+    found = shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not on PATH; {how}"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for tools: venv first on PATH (actionlint finds shellcheck there)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    # terraform warns on every call when TF_CLI_CONFIG_FILE names a missing file.
+    if not Path(env.get("TF_CLI_CONFIG_FILE", "/")).is_file():
+        env.pop("TF_CLI_CONFIG_FILE", None)
+    return env
+
+
+def run(
+    cmd: Sequence[str | Path], *, cwd: Path = ROOT, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool, capturing its output (never raises on a non-zero exit)."""
+    return subprocess.run(
+        [str(part) for part in cmd],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=tool_env(),
+        check=False,
+    )
+
+
+def output(done: subprocess.CompletedProcess[str]) -> str:
+    """Both streams of a finished tool, for assertion messages."""
+    return f"exit {done.returncode}\n{done.stdout}\n{done.stderr}".strip()
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    """The one rendered object of ``kind`` named ``name``."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    found = [c for c in containers if c["name"] == name]
+    assert len(found) == 1, f"expected one container {name!r}"
+    return found[0]
+
+
+def container_env(
+    docs: list[dict[str, Any]], deployment: dict[str, Any], name: str
+) -> dict[str, str]:
+    """A container's environment: its envFrom ConfigMaps, then its env entries."""
+    spec = container(deployment, name)
+    env: dict[str, str] = {}
+    for source in spec.get("envFrom", []):
+        ref = source.get("configMapRef")
+        if ref:
+            env.update(find(docs, "ConfigMap", ref["name"])["data"])
+    for var in spec.get("env", []):
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+    return env
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    return machine_tool("kubectl", "install kubectl >= 1.27 (it bundles kustomize)")
+
+
+@pytest.fixture(scope="session")
+def rendered(kubectl: str) -> dict[str, list[dict[str, Any]]]:
+    """``kubectl kustomize`` of each overlay: {overlay: [objects]}."""
+    result: dict[str, list[dict[str, Any]]] = {}
+    for overlay in OVERLAYS:
+        done = run([kubectl, "kustomize", K8S / "overlays" / overlay])
+        assert done.returncode == 0, f"kustomize overlays/{overlay} failed:\n{output(done)}"
+        result[overlay] = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    return result
+
+
+@pytest.fixture(scope="session")
+def rendered_dir(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The rendered overlays, one file per object (kubernetes-validate reports one error per
+    file), as ``<overlay>/<nn>-<kind>-<name>.yaml``."""
+    out = tmp_path_factory.mktemp("rendered")
+    for overlay, docs in rendered.items():
+        (out / overlay).mkdir()
+        for index, doc in enumerate(docs):
+            name = f"{index:02d}-{doc['kind']}-{doc['metadata']['name']}.yaml"
+            (out / overlay / name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+def tools_cache() -> Path:
+    """Where lazily installed tools live, shared across runs and checkouts."""
+    override = os.environ.get("LLM_GATEWAY_TOOLS_CACHE")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llm-gateway-tools"
+
+
+@pytest.fixture(scope="session")
+def checkov() -> Iterator[str]:
+    """checkov, installed once into its own venv (its pins would clash with .venv's)."""
+    home = tools_cache() / f"checkov-{CHECKOV_VERSION}"
+    exe = home / "bin" / "checkov"
+    marker = home / ".installed"
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with open(home.parent / f".checkov-{CHECKOV_VERSION}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be installing it
+        if not marker.exists():
+            _install_checkov(home)
+            marker.write_text(CHECKOV_VERSION)
+    yield str(exe)
+
+
+def _install_checkov(home: Path) -> None:
+    shutil.rmtree(home, ignore_errors=True)
+    started = time.monotonic()
+    print(f"\ninstalling checkov=={CHECKOV_VERSION} into {home} (first run only)", flush=True)
+    steps = [
+        [sys.executable, "-m", "venv", str(home)],
+        [str(home / "bin" / "python"), "-m", "pip", "install", "--quiet",
+         f"checkov=={CHECKOV_VERSION}"],
+    ]  # fmt: skip
+    for step in steps:
+        done = run(step, timeout=1200)
+        if done.returncode != 0:
+            shutil.rmtree(home, ignore_errors=True)
+            pytest.fail(
+                f"could not install checkov=={CHECKOV_VERSION} into {home}: `{' '.join(step)}` "
+                f"failed (PyPI must be reachable once; then it is cached):\n{output(done)[-3000:]}"
+            )
+    print(f"checkov installed in {time.monotonic() - started:.0f} s", flush=True)
+
+
+INSECURE_TERRAFORM = """
+resource "azurerm_container_registry" "insecure" {
+  name                = "insecureacr"
+  resource_group_name = "rg"
+  location            = "westeurope"
+  sku                 = "Basic"
+  admin_enabled       = true
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def checkov_report(
+    checkov: str, rendered_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """One checkov run (it starts slowly) over a staging copy of everything it knows: the
+    Terraform module (with example.tfvars), the rendered overlays, the Dockerfile, the
+    workflows, and a known insecure Terraform file as a control (checkov's JSON output breaks
+    with several --directory, hence the copy). Returns {check_type: results}; the staged
+    paths are under ``_stage``: terraform/, k8s/, Dockerfile, .github/, control/."""
+    stage = tmp_path_factory.mktemp("checkov")
+    shutil.copytree(TERRAFORM, stage / "terraform", ignore=shutil.ignore_patterns(".terraform"))
+    shutil.copytree(rendered_dir, stage / "k8s")
+    shutil.copy(ROOT / "Dockerfile", stage / "Dockerfile")
+    shutil.copytree(ROOT / ".github", stage / ".github")
+    (stage / "control").mkdir()
+    (stage / "control" / "main.tf").write_text(INSECURE_TERRAFORM)
+    cmd = [
+        checkov, "--skip-download", "--output", "json",
+        "--framework", "terraform", "kubernetes", "dockerfile", "github_actions",
+        "--var-file", stage / "terraform" / "example.tfvars",
+        "--directory", stage,
+    ]  # fmt: skip
+    done = run(cmd, timeout=600)
+    try:
+        parsed = json.loads(done.stdout)
+    except ValueError:
+        pytest.fail(f"checkov gave no JSON report:\n{output(done)[-3000:]}")
+    reports = parsed if isinstance(parsed, list) else [parsed]
+    merged: dict[str, Any] = {"_stage": stage}
+    for report in reports:
+        results = report.get("results", {})
+        merged[report["check_type"]] = {
+            key: results.get(key, [])
+            for key in ("passed_checks", "failed_checks", "skipped_checks")
+        }
+    return merged
