@@ -12,10 +12,10 @@ from openai import OpenAI
 
 from app.auth.settings import AuthSettings
 from app.config import EngineSettings, ServerSettings, Settings
-from app.observability.settings import ObservabilitySettings
-from app.resilience.settings import ResilienceSettings
 from app.engine.manager import EngineManager
 from app.main import create_app
+from app.observability.settings import ObservabilitySettings
+from app.resilience.settings import ResilienceSettings
 from tests.support.servers import LoopThread, RunningServer, start_server, stop_server
 
 ENGINE_START_TIMEOUT_S = 900

@@ -29,7 +29,9 @@ PREFIX = "#/components/schemas/"
 
 def _refs(node: Any) -> set[str]:
     if isinstance(node, dict):
-        found = {node["$ref"][len(PREFIX) :]} if str(node.get("$ref", "")).startswith(PREFIX) else set()
+        found = (
+            {node["$ref"][len(PREFIX) :]} if str(node.get("$ref", "")).startswith(PREFIX) else set()
+        )
         return found.union(*(_refs(value) for value in node.values()))
     if isinstance(node, list):
         return set().union(*(_refs(item) for item in node))

@@ -10,7 +10,9 @@ import pytest
 from app.services.streams import merge_streams
 
 
-async def _count(name: str, n: int, closed: list[str], fail_at: int | None = None) -> AsyncIterator[str]:
+async def _count(
+    name: str, n: int, closed: list[str], fail_at: int | None = None
+) -> AsyncIterator[str]:
     try:
         for i in range(n):
             if i == fail_at:
