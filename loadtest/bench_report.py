@@ -1,0 +1,298 @@
+"""Compare two servers' results from vLLM's serving benchmark and render the report.
+
+Input: the JSON files ``vllm.benchmarks.serve`` saves (``--save-result``), one per server and
+concurrency level. Output: gateway/vLLM ratios, the Markdown report and its plot. All but
+:func:`plot_comparison` is pure and unit-tested.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BASELINE, CANDIDATE = "vllm", "gateway"
+SERVER_TITLES = {BASELINE: "vLLM server", CANDIDATE: "gateway"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One compared number: its key in the benchmark JSON and how to read it."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+    digits: int = 1
+    # Below this, a value is not a measurement of the server (e.g. a 3 µs "inter-token"
+    # gap is two chunks read in one socket read) and no ratio is drawn from it.
+    floor: float = 0.0
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("request_throughput", "requests/s", True, 2),
+    Metric("output_throughput", "output tokens/s", True, 1),
+    Metric("p50_ttft_ms", "TTFT p50 (ms)", False, 1),
+    Metric("p99_ttft_ms", "TTFT p99 (ms)", False, 1),
+    Metric("p50_itl_ms", "ITL p50 (ms)", False, 3, floor=0.05),
+    Metric("p99_itl_ms", "ITL p99 (ms)", False, 3, floor=0.05),
+    # Whole-request latency: unaffected by how chunks are grouped on the wire.
+    Metric("p50_e2el_ms", "E2E latency p50 (ms)", False, 1),
+)
+
+# Results keyed server -> concurrency -> the benchmark's result JSON.
+Results = Mapping[str, Mapping[int, Mapping[str, Any]]]
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """One ``vllm.benchmarks.serve`` result file."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a benchmark result object")
+    return data
+
+
+def metric_value(result: Mapping[str, Any] | None, key: str) -> float | None:
+    """A metric from a result; ``None`` when missing or when nothing completed (a run whose
+    requests all failed reports zeros that must not look like measurements)."""
+    if not result or not result.get("completed"):
+        return None
+    value = result.get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def combine_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Merge repeated runs of one server and level: the median of every compared metric over
+    the runs that completed requests, summed ``completed``/``failed``, the number of ``runs``
+    and each metric's ``spread`` as ``[min, max]``."""
+    good = [run for run in runs if run.get("completed")]
+    combined: dict[str, Any] = {
+        "completed": sum(int(run.get("completed") or 0) for run in runs),
+        "failed": sum(int(run.get("failed") or 0) for run in runs),
+        "runs": len(runs),
+        "spread": {},
+    }
+    for metric in METRICS:
+        values = [v for v in (metric_value(run, metric.key) for run in good) if v is not None]
+        if values:
+            combined[metric.key] = statistics.median(values)
+            combined["spread"][metric.key] = [min(values), max(values)]
+    return combined
+
+
+def ratio(candidate: float | None, baseline: float | None) -> float | None:
+    """``candidate / baseline``, or ``None`` when either is missing or the baseline is 0."""
+    if candidate is None or baseline is None or baseline == 0:
+        return None
+    return candidate / baseline
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One (concurrency, metric) line of the comparison."""
+
+    concurrency: int
+    metric: Metric
+    baseline: float | None
+    candidate: float | None
+    baseline_spread: Sequence[float] | None = None
+    candidate_spread: Sequence[float] | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """gateway / vLLM; ``None`` when a side is missing or below the metric's floor."""
+        floor = self.metric.floor
+        if any(v is not None and v < floor for v in (self.candidate, self.baseline)):
+            return None
+        return ratio(self.candidate, self.baseline)
+
+
+def compare(results: Results) -> list[ComparisonRow]:
+    """Every metric at every concurrency level that either server ran."""
+    levels = sorted({c for per_level in results.values() for c in per_level})
+    rows = []
+    for level in levels:
+        base = results.get(BASELINE, {}).get(level)
+        cand = results.get(CANDIDATE, {}).get(level)
+        for metric in METRICS:
+            rows.append(
+                ComparisonRow(
+                    level,
+                    metric,
+                    metric_value(base, metric.key),
+                    metric_value(cand, metric.key),
+                    _spread(base, metric.key),
+                    _spread(cand, metric.key),
+                )
+            )
+    return rows
+
+
+def _spread(result: Mapping[str, Any] | None, key: str) -> Sequence[float] | None:
+    if not result or int(result.get("runs") or 1) < 2:
+        return None
+    return (result.get("spread") or {}).get(key)
+
+
+def _with_spread(value: float | None, spread: Sequence[float] | None, digits: int) -> str:
+    """``1,234.5 ±3%``: the median and half the min–max range of the runs, relative."""
+    text = _num(value, digits)
+    if value and spread:
+        text += f" ±{(spread[1] - spread[0]) / 2 / value:.0%}"
+    return text
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio_text(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table (first column left, the others right-aligned)."""
+    align = [":---"] + ["---:"] * (len(headers) - 1)
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def comparison_table(rows: Sequence[ComparisonRow]) -> str:
+    """Long form: one line per concurrency and metric, both servers and the ratio."""
+    return markdown_table(
+        [
+            "concurrency",
+            "metric",
+            SERVER_TITLES[BASELINE],
+            SERVER_TITLES[CANDIDATE],
+            "gateway/vLLM",
+        ],
+        [
+            [
+                str(row.concurrency),
+                row.metric.label,
+                _with_spread(row.baseline, row.baseline_spread, row.metric.digits),
+                _with_spread(row.candidate, row.candidate_spread, row.metric.digits),
+                _ratio_text(row.ratio),
+            ]
+            for row in rows
+        ],
+    )
+
+
+def ratio_table(rows: Sequence[ComparisonRow]) -> str:
+    """Wide form: ratios only, one line per concurrency level."""
+    levels = sorted({row.concurrency for row in rows})
+    by_key = {(row.concurrency, row.metric.key): row.ratio for row in rows}
+    return markdown_table(
+        ["concurrency", *(m.label for m in METRICS)],
+        [
+            [str(level), *(_ratio_text(by_key.get((level, m.key))) for m in METRICS)]
+            for level in levels
+        ],
+    )
+
+
+def failures_table(results: Results) -> str:
+    """Completed/failed requests per server and level (a benchmark with failures is suspect)."""
+    levels = sorted({c for per_level in results.values() for c in per_level})
+    cells = []
+    for level in levels:
+        row = [str(level)]
+        for server in (BASELINE, CANDIDATE):
+            result = results.get(server, {}).get(level)
+            row.append(
+                "not run"
+                if result is None
+                else f"{result.get('completed', 0)} / {result.get('failed', 0)}"
+            )
+        cells.append(row)
+    headers = [
+        "concurrency",
+        *(f"{SERVER_TITLES[s]} completed / failed" for s in (BASELINE, CANDIDATE)),
+    ]
+    return markdown_table(headers, cells)
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """Everything the report states besides the numbers."""
+
+    date: str
+    command: str
+    machine: Sequence[str]
+    workload: Sequence[str]
+    servers: Sequence[str]
+    notes: Sequence[str] = ()
+    plot_name: str | None = None
+
+
+def render_markdown(results: Results, context: ReportContext) -> str:
+    """The whole ``docs/benchmarks.md``."""
+    rows = compare(results)
+    parts = [
+        "# Benchmark: the gateway vs vLLM's own OpenAI server",
+        f"Generated {context.date} by `{context.command}` (`loadtest/bench.py`). "
+        "Same model, same engine settings, same client, same workload, same machine; "
+        "see Servers for how the runs were scheduled.",
+        "## Ratios (gateway / vLLM)",
+        "Throughput ratios below 1.00× and latency ratios above 1.00× are the gateway's cost.",
+        ratio_table(rows),
+        "## Results",
+        comparison_table(rows),
+        failures_table(results),
+    ]
+    if context.plot_name:
+        parts.append(f"![tokens/s and TTFT p50 by concurrency]({context.plot_name})")
+    parts += [
+        "## Workload",
+        _bullets(context.workload),
+        "## Servers",
+        _bullets(context.servers),
+        "## Machine",
+        _bullets(context.machine),
+    ]
+    if context.notes:
+        parts += ["## Notes", _bullets(context.notes)]
+    parts += ["## Reproduce", f"```bash\n{context.command}\n```"]
+    return "\n\n".join(parts) + "\n"
+
+
+def _bullets(lines: Sequence[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def plot_comparison(results: Results, out_png: Path) -> None:
+    """Output tokens/s and TTFT p50 against concurrency, one line per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tok, ax_ttft) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for server, marker in ((BASELINE, "o"), (CANDIDATE, "s")):
+        per_level = results.get(server, {})
+        levels = sorted(per_level)
+        label = SERVER_TITLES[server]
+        tokens = [metric_value(per_level[c], "output_throughput") for c in levels]
+        ttft = [metric_value(per_level[c], "p50_ttft_ms") for c in levels]
+        ax_tok.plot(levels, tokens, marker=marker, label=label)
+        ax_ttft.plot(levels, ttft, marker=marker, label=label)
+    all_levels = sorted({c for per_level in results.values() for c in per_level})
+    for ax, ylabel in ((ax_tok, "output tokens/s"), (ax_ttft, "TTFT p50 (ms)")):
+        ax.set_xscale("log", base=2)
+        if all_levels:  # label the levels that ran (1, 8, 32...), not powers of two
+            ax.set_xticks(all_levels, labels=[str(c) for c in all_levels])
+            ax.minorticks_off()
+        ax.set_xlabel("concurrency (max in-flight requests)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("gateway vs vLLM server, same model and workload")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
