@@ -69,7 +69,7 @@ class GatewayError(Exception):
         if self.retry_after is not None:
             seconds = max(self.retry_after, 0.0)
             headers["Retry-After"] = str(max(1, math.ceil(seconds)))
-            headers["retry-after-ms"] = str(int(seconds * 1000))
+            headers["retry-after-ms"] = str(math.ceil(seconds * 1000))
         if self.should_retry is not None:
             headers["x-should-retry"] = "true" if self.should_retry else "false"
         return headers

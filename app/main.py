@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,6 +36,23 @@ FatalHandler = Callable[[BaseException], None]
 
 
 @dataclass
+class StorageErrors:
+    """The last rate-limit storage failure, for /health/detailed (degraded for a minute)."""
+
+    window_s: float = 60.0
+    last_at: float | None = None
+    last_error: str | None = None
+
+    def note(self, operation: str, error: Exception) -> None:
+        self.last_at, self.last_error = time.monotonic(), f"{operation}: {error!r}"
+
+    def report(self, backend: str) -> dict[str, Any]:
+        recent = self.last_at is not None and time.monotonic() - self.last_at < self.window_s
+        status = "degraded" if recent else "ok"
+        return {"status": status, "backend": backend, "last_error": self.last_error}
+
+
+@dataclass
 class Lifecycle:
     """Shutdown state: once draining, readiness fails and admission refuses (503)."""
 
@@ -62,7 +80,8 @@ def create_app(
     metrics = GatewayMetrics.for_registry()
     owned = engine is None
     engine = engine or build_engine(settings, metrics)
-    guards = _build_guards(settings, metrics)
+    storage_errors = StorageErrors()
+    guards = _build_guards(settings, metrics, storage_errors)
     app = FastAPI(
         title="LLM Gateway",
         version=VERSION,
@@ -75,7 +94,7 @@ def create_app(
     state.generation = GenerationService(engine, settings, guards)
     state.lifecycle = Lifecycle(guards, settings.resilience.shutdown_grace_s)
     state.alerts = AlertEvaluator.for_metrics(metrics, settings.observability)
-    state.health = _health(engine, guards)
+    state.health = _health(engine, guards, storage_errors)
     metrics.on_collect(lambda: _refresh_gauges(metrics, engine, guards))
     _install_routes(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
@@ -105,17 +124,16 @@ def build_engine(settings: Settings, metrics: GatewayMetrics) -> EngineClient:
     )
 
 
-def _build_guards(settings: Settings, metrics: GatewayMetrics) -> Guards:
+def _build_guards(
+    settings: Settings, metrics: GatewayMetrics, storage_errors: StorageErrors
+) -> Guards:
     def on_transition(change: BreakerTransition) -> None:
         metrics.breaker_changed(change.previous, change.current)
 
-    def on_storage_error(operation: str, error: Exception) -> None:
-        log.warning(
-            "rate-limit storage error", extra={"operation": operation, "error": repr(error)}
-        )
-
     return Guards(
-        limiter=RateLimiter.from_settings(settings.auth, on_storage_error=on_storage_error),
+        # The limiter logs storage errors itself, at most one warning per 10 s; the health
+        # report reads the last one from its listener.
+        limiter=RateLimiter.from_settings(settings.auth, on_storage_error=storage_errors.note),
         admission=PriorityAdmission.from_settings(settings.resilience),
         breaker=EngineBreaker.from_settings(settings.resilience, listeners=[on_transition]),
         metrics=metrics,
@@ -128,14 +146,14 @@ def _refresh_gauges(metrics: GatewayMetrics, engine: EngineClient, guards: Guard
     metrics.set_engine_up(engine.is_ready)
 
 
-def _health(engine: EngineClient, guards: Guards) -> HealthReporter:
+def _health(engine: EngineClient, guards: Guards, storage_errors: StorageErrors) -> HealthReporter:
     reporter = HealthReporter(version=VERSION, model=lambda: engine.model_info.served_name)
     reporter.add("engine", engine_component(engine))
     reporter.add("device", device_component)
     reporter.add("breaker", lambda: _breaker_health(guards.breaker))
     reporter.add("queue", lambda: {"status": "ok", **guards.admission.stats().as_dict()})
     storage = type(guards.limiter.storage).__name__
-    reporter.add("rate_limit_storage", lambda: {"status": "ok", "backend": storage})
+    reporter.add("rate_limit_storage", lambda: storage_errors.report(storage))
     return reporter
 
 

@@ -11,7 +11,6 @@ from app.services import formatting as fmt
 from app.services.cancellation import DisconnectWaiter
 from app.services.generation import Caller, GenerationService, Reply, leased
 from app.services.lease import RequestLease
-from app.services.streams import merge_streams
 
 CHUNK = "chat.completion.chunk"
 
@@ -49,7 +48,7 @@ async def _events(
     try:
         for index in range(req.n):
             yield fmt.sse(fmt.chat_role_chunk(head, index))
-        async for _, step in leased(merge_streams([stream]), lease):
+        async for _, step in leased([stream], lease):
             for delta in step.choices:
                 if delta.text or delta.finish_reason or delta.logprobs:
                     yield fmt.sse(fmt.chat_chunk(head, delta, req.logprobs))

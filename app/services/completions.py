@@ -11,7 +11,6 @@ from app.services import formatting as fmt
 from app.services.cancellation import DisconnectWaiter
 from app.services.generation import Caller, GenerationService, JobResult, Reply, leased
 from app.services.lease import RequestLease
-from app.services.streams import merge_streams
 
 
 async def completion(
@@ -68,7 +67,7 @@ async def _events(
 ) -> AsyncIterator[bytes]:
     offsets: dict[int, int] = {}
     try:
-        async for p, step in leased(merge_streams(streams), lease):
+        async for p, step in leased(streams, lease):
             for delta in step.choices:
                 index = p * req.n + delta.index
                 prefix = echoes[p] if index not in offsets else ""

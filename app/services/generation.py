@@ -26,6 +26,7 @@ from app.resilience.settings import LOWEST_PRIORITY
 from app.services.cancellation import DisconnectWaiter, run_until_disconnected
 from app.services.formatting import ChoiceResult, ResponseHead
 from app.services.lease import Guards, RequestLease, open_lease
+from app.services.streams import merge_streams
 
 OptionsBuilder = Callable[[int], SamplingOptions]
 
@@ -189,19 +190,26 @@ class GenerationService:
 
 
 async def leased(
-    steps: AsyncIterator[tuple[int, EngineStep]], lease: RequestLease
+    streams: list[AsyncIterator[EngineStep]], lease: RequestLease
 ) -> AsyncIterator[tuple[int, EngineStep]]:
-    """Pass steps through, counting tokens; close the lease with the stream's outcome."""
+    """Yield ``(stream index, step)``, counting tokens; close the lease with the outcome.
+
+    One stream (every chat request) is read directly: a merge would add a generator layer
+    to the per-token path for nothing.
+    """
+    single = len(streams) == 1
+    source: AsyncIterator[Any] = streams[0] if single else merge_streams(streams)
     error: BaseException | None = None
     try:
-        async for item in steps:
-            lease.step(sum(delta.num_tokens for delta in item[1].choices))
-            yield item
+        async for item in source:
+            index, step = (0, item) if single else item
+            lease.step(sum(delta.num_tokens for delta in step.choices))
+            yield index, step
     except BaseException as exc:
         error = exc
         raise
     finally:
-        await steps.aclose()  # type: ignore[attr-defined]
+        await source.aclose()  # type: ignore[attr-defined]
         await lease.close(error)
 
 

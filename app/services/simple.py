@@ -11,7 +11,6 @@ from app.services import formatting as fmt
 from app.services.cancellation import DisconnectWaiter
 from app.services.generation import Caller, GenerationService, Reply, leased
 from app.services.lease import RequestLease
-from app.services.streams import merge_streams
 
 
 async def simple_generation(
@@ -46,7 +45,7 @@ async def _events(
     head: fmt.ResponseHead, steps: AsyncIterator[EngineStep], lease: RequestLease
 ) -> AsyncIterator[bytes]:
     try:
-        async for _, step in leased(merge_streams([steps]), lease):
+        async for _, step in leased([steps], lease):
             for delta in step.choices:
                 event = {"id": head.id, "text": delta.text, "finish_reason": delta.finish_reason}
                 yield fmt.sse(event)
