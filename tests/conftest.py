@@ -3,11 +3,14 @@ served through real uvicorn on loopback; clients are the OpenAI SDK and httpx.""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from openai import OpenAI
 
 from app.auth.settings import AuthSettings
@@ -16,6 +19,7 @@ from app.engine.manager import EngineManager
 from app.main import create_app
 from app.observability.settings import ObservabilitySettings
 from app.resilience.settings import ResilienceSettings
+from tests.support.redis_server import RedisServer, redis_installed
 from tests.support.servers import LoopThread, RunningServer, start_server, stop_server
 
 ENGINE_START_TIMEOUT_S = 900
@@ -79,3 +83,45 @@ def client(server: RunningServer) -> Iterator[OpenAI]:
 def http(server: RunningServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as session:
         yield session
+
+
+# -- real redis-server (auth unit tests and e2e replicas) --------------------------------------
+
+REDIS_MISSING = (
+    "redis-server not installed (apt-get install -y --no-install-recommends redis-server;"
+    " `python dev.py test` does it)"
+)
+
+
+def _require_redis() -> None:
+    """Skip where redis-server is missing, except in CI, where that is a set-up failure."""
+    if not redis_installed():
+        if os.environ.get("CI"):
+            pytest.fail(REDIS_MISSING)
+        pytest.skip(REDIS_MISSING)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server shared by the session (tests use distinct keys or flush it)."""
+    _require_redis()
+    server = RedisServer.launch(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared server's URL, its data flushed so that each test starts from full buckets."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone, which the test may stop and start."""
+    _require_redis()
+    server = RedisServer.launch(tmp_path)
+    yield server
+    server.stop()

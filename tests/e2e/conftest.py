@@ -1,10 +1,10 @@
-"""Fixtures for the end-to-end auth tests: API keys written to a real ``API_KEYS_FILE`` and
-real ``redis-server`` processes (skipped, with the install line, where Redis is missing)."""
+"""Fixtures for the end-to-end auth tests: API keys written to a real ``API_KEYS_FILE``.
+The real ``redis-server`` fixtures live in ``tests/conftest.py``."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,6 @@ import pytest
 import yaml
 
 from app.auth.keys import hash_key
-from tests.support.redis_server import RedisServer, redis_installed
-
-NOT_INSTALLED = (
-    "redis-server not installed (apt-get install -y --no-install-recommends redis-server)"
-)
 
 KeyFileWriter = Callable[[dict[str, dict[str, Any]]], tuple[Path, dict[str, str]]]
 
@@ -37,23 +32,3 @@ def write_key_file(tmp_path_factory: pytest.TempPathFactory) -> KeyFileWriter:
         return path, plain
 
     return write
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A real redis-server shared by the session (tests use distinct key names)."""
-    if not redis_installed():
-        pytest.skip(NOT_INSTALLED)
-    server = RedisServer.launch(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone, which the test may stop and start."""
-    if not redis_installed():
-        pytest.skip(NOT_INSTALLED)
-    server = RedisServer.launch(tmp_path)
-    yield server
-    server.stop()
