@@ -60,12 +60,15 @@ class GatewayProcess:
         raise TimeoutError(f"gateway not ready after {timeout}s\n{self.log_tail()}")
 
     def engine_core(self) -> psutil.Process:
-        """vLLM's engine-core child process."""
+        """vLLM's live engine-core child process (a replaced one may linger as a zombie)."""
         assert self.proc is not None
         for child in psutil.Process(self.proc.pid).children(recursive=True):
-            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
-                return child
-        raise LookupError("no EngineCore child process")
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "EngineCor" in child.name():
+                    return child
+            except psutil.Error:  # exited between listing and looking
+                continue
+        raise LookupError("no live EngineCore child process")
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
