@@ -144,6 +144,8 @@ class GatewayTimeoutError(GatewayError):
     status = 504
     type = "timeout_error"
     default_code = "timeout"
+    # True when the client's own ``timeout`` (shorter than the server's cap) expired.
+    client_chosen = False
 
 
 def error_response(error: GatewayError) -> Response:

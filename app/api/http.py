@@ -19,6 +19,17 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: ERROR_RESPONSES[code] for code in (400, 401, 403, 404, 413, 422, 429, 503, 504)
 }
+_SSE: dict[str, Any] = {"text/event-stream": {}}
+# Chat and completions: JSON (FastAPI's default, listed for us), or SSE with `stream: true`.
+STREAMING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "JSON, or with `stream: true` a text/event-stream.", "content": _SSE},
+    **GENERATION_RESPONSES,
+}
+# SSE only: pair with response_class=StreamingResponse so that no JSON 200 is listed.
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A text/event-stream of `data:` events, then `[DONE]`.", "content": _SSE},
+    **GENERATION_RESPONSES,
+}
 
 
 def json_response(body: dict[str, Any], status_code: int = 200) -> Response:

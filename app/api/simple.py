@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from app.api.http import GENERATION_RESPONSES, disconnect_waiter, reply_response
+from app.api.http import (
+    GENERATION_RESPONSES,
+    SSE_RESPONSES,
+    disconnect_waiter,
+    reply_response,
+)
 from app.deps import CallerDep, GenerationDep
 from app.schemas.openai import SimpleGenerateRequest
 from app.services.simple import simple_generation
@@ -22,7 +27,7 @@ async def generate(
     return reply_response(await simple_generation(service, caller, body, waiter, stream=False))
 
 
-@router.post("/v1/stream", responses=GENERATION_RESPONSES)
+@router.post("/v1/stream", responses=SSE_RESPONSES, response_class=StreamingResponse)
 async def stream(
     body: SimpleGenerateRequest, service: GenerationDep, caller: CallerDep, request: Request
 ) -> Response:

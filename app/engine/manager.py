@@ -185,25 +185,33 @@ class EngineManager:
         """Stream engine steps; closing the stream aborts the request in the engine."""
         engine = self._require_engine()
         top_logprobs = options.logprobs or 0
-        stream = engine.generate(
-            {"prompt_token_ids": prompt_token_ids},
-            to_sampling_params(options),
-            request_id,
-            priority=priority,
-        )
+        stream = None
         try:
+            # Inside the try: vLLM validates params here too, and that is a client's 400.
+            params = to_sampling_params(options)
+            stream = engine.generate(
+                {"prompt_token_ids": prompt_token_ids}, params, request_id, priority=priority
+            )
             async for output in stream:
                 yield to_engine_step(output, top_logprobs)
         except EngineDeadError as exc:
             raise EngineUnavailableError("The engine has stopped.", retry_after=5) from exc
-        except (VLLMClientError, ValueError) as exc:
+        except (VLLMClientError, ValueError, OverflowError) as exc:
+            await self._forget(request_id)
             raise InvalidRequestError(str(exc)) from exc
         except GatewayError:
             raise
         except Exception as exc:
+            await self._forget(request_id)
             raise GatewayError(f"The engine failed: {type(exc).__name__}") from exc
         finally:
-            await stream.aclose()
+            if stream is not None:
+                await stream.aclose()
+
+    async def _forget(self, request_id: str) -> None:
+        """Abort a request that failed while being added: vLLM may still count it."""
+        if self._engine is not None and not self._engine.errored:
+            await self._engine.abort(request_id)
 
     async def abort(self, request_id: str) -> None:
         if self._engine is not None:

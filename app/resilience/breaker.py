@@ -51,12 +51,12 @@ _ADMISSION_ERRORS = (QueueFullError, QueueTimeoutError, OverloadedError, Shuttin
 def is_client_error(exc: BaseException) -> bool:
     """True for outcomes that say nothing about the engine's health.
 
-    ``EngineUnavailableError`` is neutral too: it means the engine is dead or restarting,
-    which the supervisor already handles by failing fast; counting it would keep the breaker
-    open for a whole reset timeout after the engine is back.
+    So is a 504 from the client's own short ``timeout``, and ``EngineUnavailableError``: a
+    dead or restarting engine is the supervisor's to handle (it already fails fast), and
+    counting it would keep the breaker open for a reset timeout after the engine is back.
     """
     neutral = (asyncio.CancelledError, GeneratorExit, EngineUnavailableError, *_ADMISSION_ERRORS)
-    if isinstance(exc, neutral):
+    if isinstance(exc, neutral) or getattr(exc, "client_chosen", False):
         return True
     return isinstance(exc, GatewayError) and exc.status < 500
 

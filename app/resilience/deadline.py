@@ -29,6 +29,8 @@ class Deadline:
         self.clock = clock or LoopClock()
         self.timeout_s = timeout_s
         self.at = self.clock.now() + timeout_s
+        # A client's own short ``timeout`` expiring says nothing about the engine's health.
+        self.client_chosen = False
 
     @classmethod
     def for_request(
@@ -41,7 +43,9 @@ class Deadline:
         if requested_s is not None and requested_s <= 0:
             message = "timeout must be a positive number of seconds."
             raise InvalidRequestError(message, param="timeout")
-        return cls(min(requested_s or limit_s, limit_s), clock)
+        deadline = cls(min(requested_s or limit_s, limit_s), clock)
+        deadline.client_chosen = requested_s is not None and requested_s < limit_s
+        return deadline
 
     def remaining(self) -> float:
         """Seconds left, never negative."""
@@ -54,7 +58,9 @@ class Deadline:
     def error(self) -> GatewayTimeoutError:
         # Retry-After on every 504 (issue 3): a timeout under load may pass on a later try.
         message = f"The request did not finish within {self.timeout_s:g}s."
-        return GatewayTimeoutError(message, retry_after=1.0)
+        error = GatewayTimeoutError(message, retry_after=1.0)
+        error.client_chosen = self.client_chosen
+        return error
 
     def check(self) -> None:
         """Raise :class:`GatewayTimeoutError` if the deadline has passed."""

@@ -6,17 +6,43 @@ request model builds the engine-neutral :class:`SamplingOptions` itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from app.engine.protocol import SamplingOptions
+from app.errors import InvalidRequestError
 
 MAX_STOP_SEQUENCES = 4
+# vLLM serialises sampling params as 64-bit integers; larger values fail inside the engine.
+MAX_INT64 = 2**63 - 1
+# vLLM samples greedily below this temperature, and then allows only n=1.
+GREEDY_TEMPERATURE = 1e-5
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        """JSON can escape lone surrogates (``"\\ud800"``); no tokenizer, engine or error
+        message accepts them, so refuse them in every string field (and list of strings)."""
+        if not _is_valid_unicode(value):
+            raise ValueError("must be valid Unicode text (no lone surrogates)")
+        return value
+
+
+def _is_valid_unicode(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_is_valid_unicode(item) for item in value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 class TextContentPart(_Request):
@@ -62,13 +88,13 @@ class _SamplingRequest(_Request):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=128)
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=MAX_INT64)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_INT64)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     min_tokens: int = Field(default=0, ge=0)
     ignore_eos: bool = False
@@ -89,7 +115,22 @@ class _SamplingRequest(_Request):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
-    def _base_options(self, max_tokens: int | None, logprobs: int | None) -> SamplingOptions:
+    def _check_engine_rules(self, max_tokens: int) -> None:
+        """Cross-field rules vLLM checks when it builds its params (too late for a 400)."""
+        if self.min_tokens > max_tokens:
+            raise InvalidRequestError(
+                f"min_tokens={self.min_tokens} is above max_tokens={max_tokens}.",
+                param="min_tokens",
+            )
+        if self.n > 1 and _or(self.temperature, 1.0) < GREEDY_TEMPERATURE:
+            raise InvalidRequestError(
+                f"n={self.n} needs sampling; with temperature {self.temperature} (greedy) "
+                "every choice would be the same, so n must be 1.",
+                param="n",
+            )
+
+    def _base_options(self, max_tokens: int, logprobs: int | None) -> SamplingOptions:
+        self._check_engine_rules(max_tokens)
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingOptions(
             max_tokens=max_tokens,
@@ -145,6 +186,17 @@ class ChatCompletionRequest(_SamplingRequest):
 
 
 PromptInput = str | list[str] | list[int] | list[list[int]]
+# Tokenizers hold ids as unsigned 32-bit integers (decoding a larger one raises OverflowError).
+MAX_TOKEN_ID = 2**32 - 1
+
+
+def _token_ids(prompt: PromptInput) -> Iterator[int]:
+    if isinstance(prompt, list):
+        for item in prompt:
+            if isinstance(item, int):
+                yield item
+            elif isinstance(item, list):
+                yield from item
 
 
 class CompletionRequest(_SamplingRequest):
@@ -158,6 +210,8 @@ class CompletionRequest(_SamplingRequest):
     def _prompt_not_empty(cls, value: PromptInput) -> PromptInput:
         if isinstance(value, list) and (not value or any(item == [] for item in value)):
             raise ValueError("prompt must not be empty")
+        if not all(0 <= token <= MAX_TOKEN_ID for token in _token_ids(value)):
+            raise ValueError(f"token ids must be between 0 and {MAX_TOKEN_ID}")
         return value
 
     def prompts(self) -> list[str | list[int]]:
