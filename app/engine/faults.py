@@ -9,12 +9,12 @@ deployment cannot switch it on by accident.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.engine.protocol import DeviceInfo, EngineStep, ModelInfo, SamplingOptions
+from app.engine.protocol import EngineStep, SamplingOptions
 from app.errors import EngineUnavailableError, GatewayError
 
 
@@ -47,21 +47,6 @@ class FaultInjectingEngine:
     def __getattr__(self, name: str) -> Any:
         # Lifecycle, death signals and anything else go straight to the real engine.
         return getattr(self.inner, name)
-
-    @property
-    def is_ready(self) -> bool:
-        return bool(self.inner.is_ready)
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return self.inner.model_info
-
-    @property
-    def device_info(self) -> DeviceInfo:
-        return self.inner.device_info
-
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self.inner.encode_chat(messages)
 
     def num_unfinished_requests(self) -> int:
         # A stalled request is work the engine has not finished, as a hung engine would show.

@@ -27,7 +27,7 @@ def promtool() -> str:
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"promtool is required in CI; install it with: {INSTALL}")
-        pytest.skip(f"promtool not installed ({INSTALL})")
+        pytest.skip(f"promtool not installed; `{INSTALL}` or `python dev.py test` lifts this")
     return path
 
 
