@@ -23,8 +23,12 @@ class BodyLimitMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await self._refuse(scope, receive, send)
-            return
-        await _CountingExchange(self, scope, receive, send).run()
+        elif declared is not None:
+            # The HTTP parser never reads past Content-Length, so the body is within the
+            # limit: no wrapper on the per-chunk send path of a stream.
+            await self.app(scope, receive, send)
+        else:
+            await _CountingExchange(self, scope, receive, send).run()
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLargeError(f"The request body is larger than {self.max_bytes} bytes.")

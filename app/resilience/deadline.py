@@ -2,17 +2,18 @@
 
 ``REQUEST_TIMEOUT_S`` bounds every request; a client may ask for less with ``timeout``.
 The same :class:`Deadline` caps the queue wait (see :mod:`app.resilience.queue`), the
-wait for the first token and the whole generation. On expiry the caller sees
-:class:`app.errors.GatewayTimeoutError` (504), and a stream wrapped by
-:func:`with_deadline` is closed so the engine aborts the request and frees its KV cache.
+wait for the first token and the whole generation: a :class:`DeadlineGuard` cancels what the
+request is awaiting when time is up, and the caller sees :class:`app.errors.GatewayTimeoutError`
+(504). The code that owns the engine stream then closes it, so the engine aborts the request
+and frees its KV cache.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TypeVar
+import inspect
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from app.errors import GatewayTimeoutError, InvalidRequestError
 from app.resilience.clock import Clock, LoopClock, TimerHandle
@@ -67,82 +68,93 @@ class Deadline:
         if self.expired:
             raise self.error()
 
-    @asynccontextmanager
-    async def enforce(self) -> AsyncIterator[None]:
-        """Cancel the block at the deadline and raise :class:`GatewayTimeoutError` instead.
-
-        Only for blocks that do not ``yield`` to a consumer; wrap streams with
-        :func:`with_deadline`.
-        """
-        scope = _ExpiryScope(self)
-        try:
-            async with scope:
-                yield
-        finally:
-            scope.close()
+    def guard(self) -> DeadlineGuard:
+        """A :class:`DeadlineGuard` for this deadline (close it, or use it as ``async with``)."""
+        return DeadlineGuard(self)
 
 
-async def with_deadline(stream: AsyncIterator[T], deadline: Deadline) -> AsyncGenerator[T, None]:
-    """Yield ``stream``'s items until ``deadline``; then raise :class:`GatewayTimeoutError`.
+class DeadlineGuard:
+    """Cancels what a request awaits at its deadline and raises 504 in its place.
 
-    Only the wait for the next item is cancelled, never the consumer's own work between
-    items. ``stream`` is always closed (``aclose``) when this generator ends, however it
-    ends, so an expired or abandoned engine request is aborted.
+    ``await guard.wait(anext(stream))`` runs once per engine step, so it is built to cost
+    about what a bare ``await`` does: one timer for the whole request (not an
+    ``asyncio.timeout`` per step, which measured 3.4 µs a step against 0.26 µs for this),
+    and it cancels only while a wait is in progress. Expiry between waits (the consumer
+    sending a chunk) is remembered and raised by the next wait, so the consumer's own work
+    is never cancelled. As with ``asyncio.timeout``, an outside cancellation stays a
+    cancellation, and a ``TimeoutError`` raised by the awaited work stays itself.
+
+    ``async with guard:`` guards a whole block once and closes the guard on the way out.
     """
-    scope = _ExpiryScope(deadline)
-    try:
-        while True:
-            async with scope:
-                try:
-                    item = await anext(stream)
-                except StopAsyncIteration:
-                    return
-            yield item
-    finally:
-        scope.close()
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
-
-class _ExpiryScope:
-    """A reusable cancel scope that fires at ``deadline.at`` on the deadline's clock.
-
-    One timer serves every entry; between entries an expiry is remembered and raised on
-    the next entry. ``asyncio.timeout`` does the cancelling (and un-cancelling), so an
-    outside cancellation is never mistaken for a deadline.
-    """
+    __slots__ = ("_cancelled", "_deadline", "_fired", "_task", "_timer", "_waiting")
 
     def __init__(self, deadline: Deadline) -> None:
         self._deadline = deadline
         self._timer: TimerHandle | None = None
-        self._scope: asyncio.Timeout | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._waiting = False
         self._fired = False
+        self._cancelled = False  # our timer cancelled the task; undo it on the way out
 
-    async def __aenter__(self) -> None:
-        if self._fired or self._deadline.expired:
-            raise self._deadline.error()
-        if self._timer is None:
-            self._timer = self._deadline.clock.call_at(self._deadline.at, self._fire)
-        self._scope = asyncio.timeout(None)
-        await self._scope.__aenter__()
+    async def wait(self, awaitable: Awaitable[T]) -> T:
+        """``await awaitable``, unless the deadline passes first (then 504)."""
+        try:
+            self._enter()
+        except GatewayTimeoutError:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never started: close it so Python does not warn
+            raise
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            self._convert_expiry()
+            raise
+        finally:
+            self._waiting = False
+
+    async def __aenter__(self) -> DeadlineGuard:
+        self._enter()
+        return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        scope, self._scope = self._scope, None
-        assert scope is not None
+        self._waiting = False
         try:
-            await scope.__aexit__(exc_type, *exc)  # type: ignore[arg-type]
-        except TimeoutError:
-            if scope.expired():
-                raise self._deadline.error() from None
-            raise
-
-    def _fire(self) -> None:
-        self._fired = True
-        if self._scope is not None:
-            self._scope.reschedule(asyncio.get_running_loop().time())
+            if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+                self._convert_expiry()
+        finally:
+            self.close()
 
     def close(self) -> None:
+        """Cancel the timer; call when the request is over."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _enter(self) -> None:
+        if self._fired:
+            raise self._deadline.error()
+        if self._timer is None:
+            if self._deadline.expired:
+                self._fired = True
+                raise self._deadline.error()
+            self._timer = self._deadline.clock.call_at(self._deadline.at, self._fire)
+        # A stream is opened in the request's task and read in the response's: look each time.
+        self._task = asyncio.current_task()
+        self._waiting = True
+
+    def _convert_expiry(self) -> None:
+        """Inside ``except CancelledError``: raise 504 when our timer (alone) cancelled it."""
+        if not self._cancelled:
+            return
+        self._cancelled = False
+        assert self._task is not None
+        if self._task.uncancel() == 0:
+            raise self._deadline.error() from None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._fired = True
+        if self._waiting and self._task is not None:
+            self._cancelled = True
+            self._task.cancel()

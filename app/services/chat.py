@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from app.engine.protocol import EngineStep
 from app.errors import GatewayError, error_sse_event
 from app.schemas.openai import ChatCompletionRequest
 from app.services import formatting as fmt
 from app.services.cancellation import DisconnectWaiter
-from app.services.generation import Caller, GenerationService, Reply, leased
+from app.services.generation import Caller, GenerationService, OpenStream, Reply, leased
 from app.services.lease import RequestLease
 
 CHUNK = "chat.completion.chunk"
@@ -24,7 +23,7 @@ async def chat_completion(
     """Validate, admit and run one chat request, streaming or not."""
     model = service.check_model(req.model, caller.principal)
     service.check_n(req.n)
-    prompt_ids = service.engine.encode_chat(req.chat_messages())
+    prompt_ids = await service.encode_chat(req.chat_messages())
     head = service.head("chatcmpl", model)
     job = service.prepare(
         head.id, prompt_ids, req.requested_max_tokens, req.to_sampling_options, "messages"
@@ -41,7 +40,7 @@ async def chat_completion(
 
 async def _events(
     head: fmt.ResponseHead,
-    stream: AsyncIterator[EngineStep],
+    stream: OpenStream,
     lease: RequestLease,
     req: ChatCompletionRequest,
 ) -> AsyncIterator[bytes]:

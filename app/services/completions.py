@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from app.engine.protocol import EngineStep
 from app.errors import GatewayError, error_sse_event
 from app.schemas.openai import CompletionRequest
 from app.services import formatting as fmt
 from app.services.cancellation import DisconnectWaiter
-from app.services.generation import Caller, GenerationService, JobResult, Reply, leased
+from app.services.generation import Caller, GenerationService, JobResult, OpenStream, Reply, leased
 from app.services.lease import RequestLease
 
 
@@ -26,7 +25,7 @@ async def completion(
     head = service.head("cmpl", model)
     jobs, echoes = [], []
     for i, prompt in enumerate(prompts):
-        ids = service.engine.encode_prompt(prompt) if isinstance(prompt, str) else prompt
+        ids = await service.encode_prompt(prompt) if isinstance(prompt, str) else prompt
         rid = f"{head.id}-{i}"
         jobs.append(service.prepare(rid, ids, req.max_tokens, req.to_sampling_options, "prompt"))
         echoes.append(_echo(service, req, prompt))
@@ -60,7 +59,7 @@ def _body(
 
 async def _events(
     head: fmt.ResponseHead,
-    streams: list[AsyncIterator[EngineStep]],
+    streams: list[OpenStream],
     lease: RequestLease,
     req: CompletionRequest,
     echoes: list[str],

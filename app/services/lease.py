@@ -20,7 +20,7 @@ from app.errors import GatewayError, GatewayTimeoutError
 from app.observability.metrics import GatewayMetrics
 from app.observability.recorder import RequestRecorder
 from app.resilience.breaker import BreakerPermit, EngineBreaker
-from app.resilience.deadline import Deadline
+from app.resilience.deadline import Deadline, DeadlineGuard
 from app.resilience.errors import (
     OverloadedError,
     QueueFullError,
@@ -70,6 +70,11 @@ class RequestLease:
     completion_tokens: int = 0
     engine_started: bool = False
     closed: bool = field(default=False)
+    # Every wait on the engine (first step, each later step, a whole non-streamed run).
+    guard: DeadlineGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = self.deadline.guard()
 
     def step(self, num_tokens: int) -> None:
         """An engine step produced ``num_tokens`` tokens (all choices together)."""
@@ -82,6 +87,7 @@ class RequestLease:
         if self.closed:
             return
         self.closed = True
+        self.guard.close()
         if error is None:
             self.permit.record_success()
         else:

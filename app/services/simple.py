@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from app.engine.protocol import EngineStep
 from app.errors import GatewayError, error_sse_event
 from app.schemas.openai import SimpleGenerateRequest
 from app.services import formatting as fmt
 from app.services.cancellation import DisconnectWaiter
-from app.services.generation import Caller, GenerationService, Reply, leased
+from app.services.generation import Caller, GenerationService, OpenStream, Reply, leased
 from app.services.lease import RequestLease
 
 
@@ -22,7 +21,7 @@ async def simple_generation(
 ) -> Reply:
     model = service.check_model(req.model, caller.principal)
     head = service.head("gen", model)
-    ids = service.engine.encode_prompt(req.prompt)
+    ids = await service.encode_prompt(req.prompt)
     job = service.prepare(head.id, ids, req.max_tokens, req.to_sampling_options, "prompt")
     lease = await service.admit(caller, [job], model, req.priority, req.timeout)
     headers = lease.charge.headers()
@@ -42,7 +41,7 @@ async def simple_generation(
 
 
 async def _events(
-    head: fmt.ResponseHead, steps: AsyncIterator[EngineStep], lease: RequestLease
+    head: fmt.ResponseHead, steps: OpenStream, lease: RequestLease
 ) -> AsyncIterator[bytes]:
     try:
         async for _, step in leased([steps], lease):

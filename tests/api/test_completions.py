@@ -5,6 +5,7 @@ from __future__ import annotations
 from openai import OpenAI
 
 from app.engine.manager import EngineManager
+from app.services.generation import TOKENIZE_IN_THREAD_CHARS
 from tests.support.spec import validate, validate_completion_chunk
 
 
@@ -99,3 +100,19 @@ def test_completion_stream_multiple_prompts(client: OpenAI, model_id: str) -> No
         if choice.finish_reason
     }
     assert finished == {0, 1, 2}
+
+
+def test_long_prompts_are_tokenized_off_the_loop_and_counted(
+    client: OpenAI, model_id: str, engine: EngineManager
+) -> None:
+    """Prompts past TOKENIZE_IN_THREAD_CHARS take the worker-thread path, with the same
+    token counts and answers as on the loop, for completions and chat alike."""
+    prompt = " Rumpelstiltskin" * (TOKENIZE_IN_THREAD_CHARS // 16 + 4)
+    assert len(prompt) >= TOKENIZE_IN_THREAD_CHARS
+    reply = client.completions.create(model=model_id, prompt=prompt, max_tokens=2)
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == len(engine.encode_prompt(prompt))
+    messages = [{"role": "user", "content": prompt}]
+    chat = client.chat.completions.create(model=model_id, messages=messages, max_tokens=2)
+    assert chat.usage is not None
+    assert chat.usage.prompt_tokens == len(engine.encode_chat(messages))

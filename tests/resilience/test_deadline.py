@@ -1,4 +1,4 @@
-"""Deadline and with_deadline: capping, expiry, and closing the engine stream."""
+"""Deadline and DeadlineGuard: capping, expiry, and cancelling only what waits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from app.errors import GatewayTimeoutError, InvalidRequestError
-from app.resilience.deadline import Deadline, with_deadline
+from app.resilience.deadline import Deadline
 from tests.resilience.manual_clock import ManualClock, settle
 
 
@@ -56,28 +56,35 @@ def test_remaining_counts_down_and_check_raises_504_once_expired() -> None:
     assert caught.value.status == 504 and caught.value.code == "timeout"
 
 
-def test_stream_within_its_deadline_passes_through_and_is_closed() -> None:
-    """Items pass unchanged and the inner stream is closed when it ends."""
+def test_guarded_stream_within_its_deadline_passes_through() -> None:
+    """Items pass unchanged, the end of the stream is the end, and close() drops the timer."""
 
-    async def scenario() -> tuple[list[str], bool]:
-        source = Source()
+    async def scenario() -> tuple[list[str], int]:
+        clock, source = ManualClock(), Source()
         for item in ("a", "b", None):
             source.items.put_nowait(item)
-        wrapped = with_deadline(source.stream(), Deadline(5.0, ManualClock()))
-        return [item async for item in wrapped], source.closed
+        guard, stream, items = Deadline(5.0, clock).guard(), source.stream(), []
+        while True:
+            try:
+                items.append(await guard.wait(anext(stream)))
+            except StopAsyncIteration:
+                break
+        guard.close()
+        return items, clock.pending
 
-    assert asyncio.run(scenario()) == (["a", "b"], True)
+    assert asyncio.run(scenario()) == (["a", "b"], 0)
 
 
-def test_expiry_while_waiting_for_an_item_raises_504_and_closes_the_stream() -> None:
-    """A stream that goes silent past the deadline ends in GatewayTimeoutError, closed."""
+def test_expiry_while_waiting_for_an_item_raises_504_and_ends_the_stream() -> None:
+    """A stream that goes silent past the deadline ends in GatewayTimeoutError; the
+    cancellation runs through the stream's own ``finally`` (where the engine aborts)."""
 
     async def scenario() -> None:
         clock, source = ManualClock(), Source()
         source.items.put_nowait("first")
-        wrapped = with_deadline(source.stream(), Deadline(5.0, clock))
-        assert await anext(wrapped) == "first"
-        waiting = asyncio.ensure_future(anext(wrapped))
+        guard, stream = Deadline(5.0, clock).guard(), source.stream()
+        assert await guard.wait(anext(stream)) == "first"
+        waiting = asyncio.ensure_future(guard.wait(anext(stream)))
         await settle()
         clock.advance(5.0)
         await settle()
@@ -87,34 +94,43 @@ def test_expiry_while_waiting_for_an_item_raises_504_and_closes_the_stream() -> 
     asyncio.run(scenario())
 
 
-def test_expiry_between_items_is_raised_on_the_next_item_only() -> None:
-    """The consumer's own work between items is never cancelled; the next read raises."""
+def test_expiry_between_items_is_raised_on_the_next_wait_only() -> None:
+    """The consumer's own work between items is never cancelled; the next wait raises."""
 
     async def scenario() -> None:
         clock, source = ManualClock(), Source()
         source.items.put_nowait("first")
-        wrapped = with_deadline(source.stream(), Deadline(5.0, clock))
-        await anext(wrapped)
+        guard, stream = Deadline(5.0, clock).guard(), source.stream()
+        await guard.wait(anext(stream))
         clock.advance(6.0)
-        await settle()  # the consumer "works" past the deadline undisturbed
+        await settle()
+        await asyncio.sleep(0)  # the consumer "works" past the deadline undisturbed
         source.items.put_nowait("second")
         with pytest.raises(GatewayTimeoutError):
-            await anext(wrapped)
-        assert source.closed
+            await guard.wait(anext(stream))
+        await stream.aclose()
 
     asyncio.run(scenario())
 
 
-def test_consumer_closing_early_closes_the_inner_stream() -> None:
-    """Abandoning the wrapper (aclose) closes the engine stream, aborting the request."""
+def test_one_guard_serves_the_task_that_opens_and_the_task_that_reads() -> None:
+    """A stream's first step is awaited in the request's task and the rest in the
+    response's: expiry cancels whichever task is waiting, and no other."""
 
     async def scenario() -> None:
-        source = Source()
+        clock, source = ManualClock(), Source()
         source.items.put_nowait("first")
-        wrapped = with_deadline(source.stream(), Deadline(5.0, ManualClock()))
-        await anext(wrapped)
-        await wrapped.aclose()
-        assert source.closed
+        guard, stream = Deadline(5.0, clock).guard(), source.stream()
+        opener = asyncio.ensure_future(guard.wait(anext(stream)))
+        assert await opener == "first"
+        bystander = asyncio.ensure_future(asyncio.Event().wait())
+        reader = asyncio.ensure_future(guard.wait(anext(stream)))
+        await settle()
+        clock.advance(5.0)
+        await settle()
+        assert isinstance(reader.exception(), GatewayTimeoutError)
+        assert not bystander.done()
+        bystander.cancel()
 
     asyncio.run(scenario())
 
@@ -127,8 +143,7 @@ def test_timeout_error_from_the_stream_itself_is_not_turned_into_504() -> None:
         yield "never"
 
     async def scenario() -> None:
-        async for _ in with_deadline(failing(), Deadline(5.0, ManualClock())):
-            pass
+        await Deadline(5.0, ManualClock()).guard().wait(anext(failing()))
 
     with pytest.raises(TimeoutError, match="engine rpc"):
         asyncio.run(scenario())
@@ -139,8 +154,8 @@ def test_outside_cancellation_stays_a_cancellation() -> None:
 
     async def scenario() -> None:
         source = Source()
-        wrapped = with_deadline(source.stream(), Deadline(5.0, ManualClock()))
-        waiting = asyncio.ensure_future(anext(wrapped))
+        guard, stream = Deadline(5.0, ManualClock()).guard(), source.stream()
+        waiting = asyncio.ensure_future(guard.wait(anext(stream)))
         await settle()
         waiting.cancel()
         await settle()
@@ -149,15 +164,15 @@ def test_outside_cancellation_stays_a_cancellation() -> None:
     asyncio.run(scenario())
 
 
-def test_enforce_cancels_a_block_at_the_deadline() -> None:
-    """``async with deadline.enforce()`` turns expiry inside the block into a 504."""
+def test_guard_cancels_a_block_at_the_deadline() -> None:
+    """``async with deadline.guard()`` turns expiry inside the block into a 504."""
 
     async def scenario() -> None:
         clock = ManualClock()
         deadline = Deadline(3.0, clock)
 
         async def guarded() -> None:
-            async with deadline.enforce():
+            async with deadline.guard():
                 await asyncio.Event().wait()
 
         task = asyncio.ensure_future(guarded())
@@ -169,19 +184,24 @@ def test_enforce_cancels_a_block_at_the_deadline() -> None:
     asyncio.run(scenario())
 
 
-def test_enforce_on_an_expired_deadline_raises_at_once() -> None:
-    """Entering enforce() after the deadline raises before running the block."""
+def test_guard_on_an_expired_deadline_raises_at_once() -> None:
+    """Entering after the deadline raises before running the block or the awaitable."""
     clock = ManualClock()
     deadline = Deadline(1.0, clock)
     clock.advance(1.0)
     ran: list[bool] = []
 
+    async def work() -> None:
+        ran.append(True)
+
     async def scenario() -> None:
-        async with deadline.enforce():
+        async with deadline.guard():
             ran.append(True)
 
     with pytest.raises(GatewayTimeoutError):
         asyncio.run(scenario())
+    with pytest.raises(GatewayTimeoutError):
+        asyncio.run(deadline.guard().wait(work()))
     assert ran == []
 
 
@@ -189,9 +209,7 @@ def test_default_clock_is_the_event_loop() -> None:
     """Without an injected clock the deadline fires on the running loop's time (real, 50 ms)."""
 
     async def scenario() -> None:
-        source = Source()
-        async for _ in with_deadline(source.stream(), Deadline(0.05)):
-            pass
+        await Deadline(0.05).guard().wait(anext(Source().stream()))
 
     with pytest.raises(GatewayTimeoutError):
         asyncio.run(scenario())
