@@ -48,6 +48,7 @@ from loadtest.bench_report import (
     ratio_table,
     render_markdown,
 )
+from loadtest.pinning import CpuMeter, CpuPlan, per_1k_tokens_ms
 from loadtest.servers import ROOT, ServerProcess, ServerStartError, free_port, gateway_argv
 
 SERVED_NAME = "tiny-llama"
@@ -115,6 +116,7 @@ class BenchConfig:
     out: Path
     plot: Path
     command: str
+    cpu_plan: CpuPlan | None = None
     errors: list[str] = field(default_factory=list)
 
     def prompts_for(self, level: int) -> int:
@@ -156,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, help="default: reports/bench-<timestamp>/")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds")
     parser.add_argument("--level-timeout", type=float, default=600.0, help="seconds per level")
+    parser.add_argument(
+        "--cpu-pinning",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: engine core on all CPUs but the last, API process and client on the last "
+        "(needs 2+ CPUs; see loadtest/pinning.py); off: leave placement to the scheduler",
+    )
     return parser
 
 
@@ -195,6 +204,7 @@ def parse_config(argv: Sequence[str]) -> BenchConfig:
         out=args.out,
         plot=args.plot or args.out.with_suffix(".png"),
         command=shlex.join(["python", "-m", "loadtest.bench", *argv]),
+        cpu_plan=CpuPlan.split() if args.cpu_pinning == "auto" else None,
     )
 
 
@@ -275,6 +285,7 @@ def run_client(
     # The key travels in the env (vLLM's client reads OPENAI_API_KEY), not in argv or results.
     env = {**os.environ, "OPENAI_API_KEY": config.api_key, "PYTHONPATH": str(ROOT)}
     argv = client_argv(config, base_url, level, prompts, result)
+    preexec = config.cpu_plan.client_preexec() if config.cpu_plan else None
     with log_path.open("w") as log:
         try:
             code = subprocess.call(
@@ -284,6 +295,7 @@ def run_client(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 timeout=config.level_timeout_s,
+                preexec_fn=preexec,
             )
         except subprocess.TimeoutExpired:
             code = -1
@@ -310,6 +322,8 @@ def start_and_warm(config: BenchConfig, server: str, process: ServerProcess) -> 
         print(f"[{server}] failed to start:\n{exc}", file=sys.stderr)
         stop_server(server, process)
         return False
+    if config.cpu_plan is not None and process.proc is not None:
+        config.cpu_plan.pin_server(process.proc.pid)
     print(f"[{server}] ready after {took:.0f} s; warming up", flush=True)
     warm = config.work_dir / f"{server}-warmup.json"
     level = min(4, config.warmup_prompts)
@@ -332,8 +346,14 @@ def run_block(config: BenchConfig, server: str, repeat: int, runs: Runs) -> None
     try:
         if not start_and_warm(config, server, process):
             return
+        assert process.proc is not None
+        meter = CpuMeter(process.proc.pid)
         for level in config.levels:
+            before = meter.sample()
             result = _run_level(config, server, process.base_url, level, repeat)
+            if result is not None:
+                tokens = int(result.get("total_output_tokens") or 0)
+                result.update(per_1k_tokens_ms(before, meter.sample(), tokens))
             runs[server][level].append(
                 result or {"completed": 0, "failed": config.prompts_for(level)}
             )
@@ -461,6 +481,12 @@ def report_context(
             + (", ".join(sorted(config.gateway_env)) or "none configurable yet")
             + ")",
             _schedule_text(config),
+            "CPU placement: "
+            + (
+                config.cpu_plan.describe()
+                if config.cpu_plan
+                else "left to the scheduler (`--cpu-pinning off`, or fewer than 2 CPUs)"
+            ),
         ],
         notes=[*MEASUREMENT_NOTES, *config.errors],
         plot_name=plot_name,

@@ -40,6 +40,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("p99_itl_ms", "ITL p99 (ms)", False, 3, floor=0.05),
     # Whole-request latency: unaffected by how chunks are grouped on the wire.
     Metric("p50_e2el_ms", "E2E latency p50 (ms)", False, 1),
+    # CPU the server's API process (HTTP front end) spent per 1,000 output tokens: the
+    # gateway's own per-token cost, read from the OS rather than a stopwatch.
+    Metric("api_cpu_ms_per_1k_tokens", "API process CPU (ms / 1k tokens)", False, 1),
 )
 
 # Results keyed server -> concurrency -> the benchmark's result JSON.

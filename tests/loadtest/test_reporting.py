@@ -192,7 +192,7 @@ def test_ratio_table_rendering(results: dict) -> None:
     table = br.ratio_table(br.compare(results))
     lines = table.splitlines()
     assert lines[0].startswith("| concurrency | requests/s | output tokens/s | TTFT p50 (ms)")
-    assert lines[2] == "| 1 | 0.80× | 0.80× | 1.50× | 1.50× | 1.10× | 1.50× | 1.00× |"
+    assert lines[2] == "| 1 | 0.80× | 0.80× | 1.50× | 1.50× | 1.10× | 1.50× | 1.00× | 0.75× |"
     assert lines[3] == "| 8 |" + " – |" * len(br.METRICS)
 
 
