@@ -159,6 +159,12 @@ def bench(argv: list[str]) -> None:
     sh(PY, "-m", "loadtest.bench", *argv)
 
 
+def profile(argv: list[str]) -> None:
+    """py-spy the API process under the bench workload: `profile [--server vllm]`."""
+    setup()
+    sh(PY, "-m", "loadtest.profile", *argv)
+
+
 # ------------------------------------------------------------------ quality and delivery
 
 IMAGE = "llm-gateway"
@@ -307,7 +313,7 @@ def _build_if_docker() -> None:
     build(argparse.Namespace(target="cpu", tag=None))
 
 
-PASSTHROUGH = {"keys": keys, "load-test": load_test, "bench": bench}
+PASSTHROUGH = {"keys": keys, "load-test": load_test, "bench": bench, "profile": profile}
 
 
 def main() -> None:

@@ -120,10 +120,11 @@ class BenchConfig:
     errors: list[str] = field(default_factory=list)
 
     def prompts_for(self, level: int) -> int:
-        """``--num-prompts`` or, by default, ``max(16, 4 * concurrency)``: four waves per
-        level, which keeps two repeats of four levels on both servers near seven minutes on
-        two CPU cores."""
-        return self.num_prompts or max(16, 4 * level)
+        """``--num-prompts`` or, by default, ``max(32, 8 * concurrency)``: eight waves per
+        level (about 10 s at concurrency 64 here), long enough that a level is not decided
+        by its first and last waves; four repeats of four levels on both servers take about
+        12 minutes on two CPU cores."""
+        return self.num_prompts or max(32, 8 * level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
     parser.add_argument("--concurrency", default="1,8,32,64", help="comma-separated levels")
     parser.add_argument(
-        "--num-prompts", type=int, help="requests per level (default max(16, 4*concurrency))"
+        "--num-prompts", type=int, help="requests per level (default max(32, 8*concurrency))"
     )
     parser.add_argument("--input-len", type=int, default=128, help="prompt tokens")
     parser.add_argument("--output-len", type=int, default=128, help="output tokens")
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--servers", default=f"{BASELINE},{CANDIDATE}", help="which to run")
     parser.add_argument("--warmup-prompts", type=int, default=8)
     parser.add_argument(
-        "--repeats", type=int, default=2, help="runs per server and level (medians reported)"
+        "--repeats", type=int, default=4, help="runs per server and level (medians reported)"
     )
     parser.add_argument("--work-dir", type=Path, help="default: reports/bench-<timestamp>/")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds")
@@ -453,7 +454,7 @@ def report_context(
     config: BenchConfig, command: str, machine: list[str], plot_name: str | None
 ) -> ReportContext:
     """The prose around the tables."""
-    prompts = str(config.num_prompts) if config.num_prompts else "max(16, 4 × concurrency)"
+    prompts = str(config.num_prompts) if config.num_prompts else "max(32, 8 × concurrency)"
     vllm_cmd = shlex.join(vllm_server(config, 0).argv[1:]).replace(str(ROOT) + "/", "")
     env = {"MODEL_NAME": ".models/tiny-llama", "SERVED_MODEL_NAME": SERVED_NAME}
     env.update(GATEWAY_ENGINE_ENV)

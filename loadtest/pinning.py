@@ -2,12 +2,12 @@
 
 Both servers run vLLM's engine core in a child process and the HTTP front end (API process)
 in the parent. Left to the scheduler on a small machine, the front end and the benchmark
-client land on the engine's core now and then: the engine's OpenMP thread stalls, and the
-same workload measured 2-3x apart in engine CPU time from one run to the next. So, when
-the machine has at least two CPUs, :class:`CpuPlan` gives the engine core every CPU but
-the last and puts the API process and the client on the last one, the same way for both
-servers (vLLM's CPU backend also reserves a core for its front end). Then the front end's
-own cost shows up directly in throughput and latency instead of as noise.
+client land on the core where vLLM binds the engine's OpenMP thread: the engine stalls, and
+one workload measured up to 2-3x apart in engine CPU time from run to run. So, with at least
+two CPUs, :class:`CpuPlan` puts the API process and the client on the last CPU, the same way
+for both servers, and leaves the engine core where vLLM put it (free to use every CPU: it
+also runs socket and serialisation threads). Shutting the engine out of the front end's CPU
+as well was measured and rejected: it made concurrency 1 and 8 slower for both servers.
 
 :class:`CpuMeter` reads the CPU seconds the API process and the engine core used over one
 concurrency level, which the report turns into "API process CPU per 1k output tokens":
@@ -28,32 +28,31 @@ ENGINE_CORE_NAMES = ("VLLM::EngineCor", "EngineCore")
 
 @dataclass(frozen=True)
 class CpuPlan:
-    """Which CPUs the engine core gets and which the front end and client share."""
+    """The CPUs the API process and the client share; the engine core is left alone."""
 
-    engine: frozenset[int]
     frontend: frozenset[int]
 
     @classmethod
     def split(cls, cpus: Iterable[int] | None = None) -> CpuPlan | None:
-        """Engine on all CPUs but the last, front end on the last; None below two CPUs."""
+        """The front end on the last CPU; None below two CPUs (nothing to separate)."""
         available = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
         if len(available) < 2:
             return None
-        return cls(frozenset(available[:-1]), frozenset(available[-1:]))
+        return cls(frozenset(available[-1:]))
 
     def describe(self) -> str:
         return (
-            f"engine core on CPU {_cpu_list(self.engine)}; API process and benchmark client "
-            f"on CPU {_cpu_list(self.frontend)}"
+            f"API process and benchmark client pinned to CPU {_cpu_list(self.frontend)}; "
+            "engine core placed by vLLM"
         )
 
     def pin_server(self, pid: int) -> None:
-        """Place a started server: its engine core child on ``engine``, the rest on
-        ``frontend`` (every thread, since a thread keeps the mask it started with)."""
+        """Pin a started server's processes, except its engine core, to ``frontend``
+        (every thread: a thread keeps the mask it started with)."""
         server = psutil.Process(pid)
         for process in [server, *server.children(recursive=True)]:
-            cpus = self.engine if is_engine_core(process) else self.frontend
-            _pin_all_threads(process.pid, cpus)
+            if not is_engine_core(process):
+                _pin_all_threads(process.pid, self.frontend)
 
     def client_preexec(self) -> Callable[[], None]:
         """A ``preexec_fn`` that puts a client process on the front-end CPUs."""

@@ -11,11 +11,11 @@ import pytest
 from loadtest.pinning import CpuMeter, CpuPlan, CpuSample, per_1k_tokens_ms
 
 
-def test_split_gives_the_engine_all_but_the_last_cpu() -> None:
+def test_split_puts_the_front_end_on_the_last_cpu() -> None:
     plan = CpuPlan.split([0, 1, 2, 3])
-    assert plan == CpuPlan(frozenset({0, 1, 2}), frozenset({3}))
+    assert plan == CpuPlan(frozenset({3}))
     assert plan.describe() == (
-        "engine core on CPU 0,1,2; API process and benchmark client on CPU 3"
+        "API process and benchmark client pinned to CPU 3; engine core placed by vLLM"
     )
     assert CpuPlan.split([5]) is None
 

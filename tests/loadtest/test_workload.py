@@ -158,7 +158,7 @@ def test_bench_client_argv_is_the_fixed_workload(tmp_path: Path) -> None:
     ):
         assert part in joined  # fmt: skip
     assert "secret-key" not in joined
-    assert config.prompts_for(1) == 16 and config.prompts_for(64) == 256
+    assert config.prompts_for(1) == 32 and config.prompts_for(64) == 512
     env = bench.gateway_env(config)
     assert env["API_KEYS"] == "secret-key" and env["MAX_MODEL_LEN"] == "2048"
     assert int(env["RATE_LIMIT_RPM"]) >= 10**6 and env["ENABLE_AUTH"] == "true"
