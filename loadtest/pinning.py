@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import psutil
 
+# Process names vLLM gives its engine core (/proc comm is cut at 15 characters).
 ENGINE_CORE_NAMES = ("VLLM::EngineCor", "EngineCore")
 
 
@@ -47,12 +48,11 @@ class CpuPlan:
         )
 
     def pin_server(self, pid: int) -> None:
-        """Pin a started server's processes, except its engine core, to ``frontend``
-        (every thread: a thread keeps the mask it started with)."""
-        server = psutil.Process(pid)
-        for process in [server, *server.children(recursive=True)]:
-            if not is_engine_core(process):
-                _pin_all_threads(process.pid, self.frontend)
+        """Pin a started server's processes to ``frontend``, except its engine core and
+        the engine's own children (the model-running worker), every thread of each (a
+        thread keeps the mask it started with)."""
+        for process in frontend_processes(pid):
+            _pin_all_threads(process.pid, self.frontend)
 
     def client_preexec(self) -> Callable[[], None]:
         """A ``preexec_fn`` that puts a client process on the front-end CPUs."""
@@ -64,6 +64,24 @@ def is_engine_core(process: psutil.Process) -> bool:
     with contextlib.suppress(psutil.Error):
         return process.name().startswith(ENGINE_CORE_NAMES)
     return False
+
+
+def frontend_processes(pid: int) -> list[psutil.Process]:
+    """The server and its descendants outside the engine core's process tree."""
+    server = psutil.Process(pid)
+    engine = set(_engine_tree(server))
+    return [p for p in [server, *server.children(recursive=True)] if p.pid not in engine]
+
+
+def _engine_tree(server: psutil.Process) -> list[int]:
+    """Pids of the engine core and everything it started (vLLM runs the model in a worker
+    process under the engine core)."""
+    pids: list[int] = []
+    with contextlib.suppress(psutil.Error):
+        for child in server.children(recursive=True):
+            if is_engine_core(child):
+                pids += [child.pid, *(c.pid for c in child.children(recursive=True))]
+    return pids
 
 
 def _pin_all_threads(pid: int, cpus: frozenset[int]) -> None:
@@ -90,12 +108,12 @@ class CpuMeter:
         self._server = psutil.Process(pid)
 
     def sample(self) -> CpuSample:
+        """API process CPU, and the engine core's with its worker processes."""
         api = _cpu_seconds(self._server)
         engine = 0.0
-        with contextlib.suppress(psutil.Error):
-            for child in self._server.children(recursive=True):
-                if is_engine_core(child):
-                    engine += _cpu_seconds(child)
+        for pid in _engine_tree(self._server):
+            with contextlib.suppress(psutil.Error):
+                engine += _cpu_seconds(psutil.Process(pid))
         return CpuSample(api, engine)
 
 

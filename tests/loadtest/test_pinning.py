@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from loadtest.pinning import CpuMeter, CpuPlan, CpuSample, per_1k_tokens_ms
@@ -28,27 +29,52 @@ def test_per_1k_tokens_is_cpu_ms_per_thousand_output_tokens() -> None:
     assert per_1k_tokens_ms(CpuSample(0, 0), CpuSample(1, 1), 0) == {}
 
 
+ENGINE_SCRIPT = """
+import ctypes, subprocess, sys, time
+ctypes.CDLL(None).prctl(15, b"VLLM::EngineCor", 0, 0, 0)  # PR_SET_NAME, as vLLM names it
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(worker.pid, flush=True)
+time.sleep(60)
+"""
+
+SERVER_SCRIPT = f"""
+import subprocess, sys, threading, time
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+engine = subprocess.Popen([sys.executable, "-c", {ENGINE_SCRIPT!r}], stdout=subprocess.PIPE)
+worker = engine.stdout.readline().decode().strip()
+end = time.process_time() + 0.3
+while time.process_time() < end:
+    pass
+print(engine.pid, worker, flush=True)
+time.sleep(60)
+"""
+
+
+def _affinity(pid: int) -> set[int]:
+    return os.sched_getaffinity(pid)
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2+ CPUs to split")
-def test_pinning_moves_every_thread_of_a_server_and_the_meter_reads_its_cpu() -> None:
-    """A real child process with threads is placed on the front-end CPU, every thread of
-    it, and its burnt CPU time shows in the meter."""
+def test_pinning_moves_the_front_end_and_leaves_the_engine_tree_alone() -> None:
+    """A real process tree shaped like a server: every thread of the API process goes to
+    the front-end CPU; the engine core and its worker keep their CPUs; the meter reads the
+    API process's CPU time."""
     plan = CpuPlan.split()
     assert plan is not None
-    script = (
-        "import threading, time\n"
-        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
-        "end = time.process_time() + 0.3\n"
-        "while time.process_time() < end: pass\n"
-        "print('ready', flush=True); time.sleep(30)\n"
-    )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    everything = _affinity(0)
+    server = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT], stdout=subprocess.PIPE)
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        plan.pin_server(child.pid)
-        tasks = os.listdir(f"/proc/{child.pid}/task")
+        assert server.stdout is not None
+        engine_pid, worker_pid = map(int, server.stdout.readline().split())
+        plan.pin_server(server.pid)
+        tasks = os.listdir(f"/proc/{server.pid}/task")
         assert len(tasks) >= 2
-        assert all(os.sched_getaffinity(int(tid)) == set(plan.frontend) for tid in tasks)
-        assert CpuMeter(child.pid).sample().api_s >= 0.3
+        assert all(_affinity(int(tid)) == set(plan.frontend) for tid in tasks)
+        assert _affinity(engine_pid) == everything and _affinity(worker_pid) == everything
+        sample = CpuMeter(server.pid).sample()
+        assert sample.api_s >= 0.3 and sample.engine_s >= 0.0
     finally:
-        child.kill()
-        child.wait()
+        for child in psutil.Process(server.pid).children(recursive=True):
+            child.kill()
+        server.kill()
+        server.wait()

@@ -1,4 +1,4 @@
-"""Reading py-spy's collapsed stacks into own and inclusive sample shares."""
+"""loadtest.profile (py-spy stacks into own and inclusive shares) and loadtest.step_cost."""
 
 from __future__ import annotations
 
@@ -34,3 +34,13 @@ def test_top_gives_shares_and_render_lists_both_views() -> None:
     assert text.startswith("10 samples")
     assert "-- top 3 by own time" in text and " 60.0%  send (uvicorn.py)" in text
     assert "-- top 3 by inclusive time" in text and "100.0%  main (app.py)" in text
+
+
+def test_step_cost_reads_every_item_each_way() -> None:
+    """The deadline micro-benchmark runs all three ways to the end and gives a figure each."""
+    import asyncio
+
+    from loadtest.step_cost import WAYS, measure
+
+    figures = asyncio.run(measure(200, 1))
+    assert set(figures) == set(WAYS) and all(value > 0 for value in figures.values())
