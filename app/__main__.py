@@ -78,6 +78,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
         log_config=None,
         access_log=settings.observability.log_access,
         timeout_graceful_shutdown=ABORT_AFTER_DRAIN_S,
+        timeout_keep_alive=settings.server.keep_alive_timeout_s,
     )
     server = DrainingServer(config, app)
     server.run()

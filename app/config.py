@@ -69,6 +69,10 @@ class ServerSettings(BaseSettings):
     default_max_tokens: int | None = Field(
         default=None, ge=1, description="Used when a request sets no max_tokens; None = all room."
     )
+    # Longer than the idle timeout of the clients and load balancers in front (60 s is
+    # common), so the gateway never closes a pooled connection just as a request is sent on
+    # it: uvicorn's 5 s default made the benchmark client fail with "Server disconnected".
+    keep_alive_timeout_s: int = Field(default=75, ge=1)
 
 
 class Settings(BaseSettings):

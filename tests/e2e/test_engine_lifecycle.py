@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -112,6 +113,21 @@ def _outcome(result: dict[str, Any]) -> str:
     last_data = [e for e in result["events"] if e != "data: [DONE]"][-1]
     code = json.loads(last_data[6:]).get("error", {}).get("code")
     return "200+503-event" if code == "engine_unavailable" else f"200 {code}"
+
+
+def test_idle_pooled_connection_outlives_uvicorns_default_keep_alive(
+    gateway: GatewayProcess,
+) -> None:
+    """One connection, two requests 6 s apart (uvicorn's own default closes idle
+    connections after 5 s): the second request is answered on the same connection."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        for attempt in range(2):
+            if attempt:
+                time.sleep(6)
+            conn.sendall(request)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200"), f"request {attempt + 1}"
 
 
 def test_sigterm_drains_in_flight_then_exits_zero(gateway: GatewayProcess) -> None:
