@@ -6,9 +6,9 @@ The tests share one process and run in file order: stall, kill, drain (the last 
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -121,13 +121,21 @@ def test_idle_pooled_connection_outlives_uvicorns_default_keep_alive(
     """One connection, two requests 6 s apart (uvicorn's own default closes idle
     connections after 5 s): the second request is answered on the same connection."""
     host, port = gateway.url.removeprefix("http://").split(":")
-    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    with socket.create_connection((host, int(port)), timeout=10) as conn:
-        for attempt in range(2):
-            if attempt:
-                time.sleep(6)
-            conn.sendall(request)
-            assert conn.recv(65536).startswith(b"HTTP/1.1 200"), f"request {attempt + 1}"
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200
+        pooled = conn.sock
+        time.sleep(6)
+        # A connection the server closed meanwhile raises RemoteDisconnected here.
+        conn.request("GET", "/healthz")
+        second = conn.getresponse()
+        second.read()
+        assert second.status == 200 and conn.sock is pooled
+    finally:
+        conn.close()
 
 
 def test_sigterm_drains_in_flight_then_exits_zero(gateway: GatewayProcess) -> None:
