@@ -3,7 +3,6 @@ served through real uvicorn on loopback; clients are the OpenAI SDK and httpx.""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from app.main import create_app
 from app.observability.settings import ObservabilitySettings
 from app.resilience.settings import ResilienceSettings
 from tests.support.redis_server import RedisServer, redis_installed
+from tests.support.requirements import missing
 from tests.support.servers import LoopThread, RunningServer, start_server, stop_server
 
 ENGINE_START_TIMEOUT_S = 900
@@ -96,9 +96,7 @@ REDIS_MISSING = (
 def _require_redis() -> None:
     """Skip where redis-server is missing, except in CI, where that is a set-up failure."""
     if not redis_installed():
-        if os.environ.get("CI"):
-            pytest.fail(REDIS_MISSING)
-        pytest.skip(REDIS_MISSING)
+        missing(REDIS_MISSING)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ Prometheus scrapes it every second and evaluates ``alerts/gateway-rules.yml`` ev
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from tests.support.prometheus_server import (
     copy_rules,
     prometheus_installed,
 )
+from tests.support.requirements import IN_CI
 from tests.support.spec import validate
 
 T = TypeVar("T")
@@ -32,7 +32,7 @@ pytestmark = [
     # Locally without Prometheus: skipped. In CI (env CI) it always runs, so a missing
     # install fails loudly; `python dev.py test` installs Debian's prometheus package.
     pytest.mark.skipif(
-        not prometheus_installed() and not os.environ.get("CI"),
+        not prometheus_installed() and not IN_CI,
         reason="prometheus not installed (apt-get install prometheus, or python dev.py test)",
     ),
 ]

@@ -30,11 +30,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.requirements import missing
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 TERRAFORM = ROOT / "infra" / "terraform"
 OVERLAYS = ("cpu", "gpu")
-IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 CHECKOV_VERSION = "3.3.30"
 VENV_BIN = Path(sys.executable).parent
 
@@ -55,10 +56,7 @@ def machine_tool(name: str, how: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    message = f"{name} is not on PATH; {how}"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{name} is not on PATH; {how}")
 
 
 def tool_env() -> dict[str, str]:
