@@ -49,7 +49,14 @@ from loadtest.bench_report import (
     render_markdown,
 )
 from loadtest.pinning import CpuMeter, CpuPlan, per_1k_tokens_ms
-from loadtest.servers import ROOT, ServerProcess, ServerStartError, free_port, gateway_argv
+from loadtest.servers import (
+    AUTH_ON_LIMITS_UNBOUND_ENV,
+    ROOT,
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    gateway_argv,
+)
 
 SERVED_NAME = "tiny-llama"
 DEFAULT_MODEL = ROOT / ".models" / "tiny-llama"
@@ -77,11 +84,7 @@ GATEWAY_ENGINE_ENV = {
 # "Authorization: Bearer <key>". CONCURRENCY_LIMIT matches the engine's max_num_seqs so the
 # admission queue admits what vLLM's server would schedule. Override with --gateway-env.
 GATEWAY_FEATURE_ENV: dict[str, str] = {
-    "ENABLE_AUTH": "true",
-    "API_KEYS": "{api_key}",
-    "RATE_LIMIT_RPM": "1000000",
-    "RATE_LIMIT_TPM": "1000000000",
-    "RATE_LIMIT_CONCURRENCY": "1024",
+    **AUTH_ON_LIMITS_UNBOUND_ENV,
     "CONCURRENCY_LIMIT": GATEWAY_ENGINE_ENV["MAX_NUM_SEQS"],
 }
 

@@ -33,6 +33,7 @@ from loadtest.reporting import (
     write_summary_files,
 )
 from loadtest.servers import (
+    AUTH_ON_LIMITS_UNBOUND_ENV,
     ROOT,
     ServerProcess,
     ServerStartError,
@@ -47,13 +48,7 @@ LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 # so the test measures capacity, not the per-key limits (RATE_LIMIT_RPM defaults to 60).
 # The caller's environment, then --gateway-env, override these; admission (CONCURRENCY_LIMIT,
 # queue, load shedding) keeps its configured values: it is part of what is being tested.
-SELF_STARTED_GATEWAY_ENV = {
-    "ENABLE_AUTH": "true",
-    "API_KEYS": "{api_key}",
-    "RATE_LIMIT_RPM": "1000000",
-    "RATE_LIMIT_TPM": "1000000000",
-    "RATE_LIMIT_CONCURRENCY": "1024",
-}
+SELF_STARTED_GATEWAY_ENV = dict(AUTH_ON_LIMITS_UNBOUND_ENV)
 PROGRESS_INTERVAL_S = 5
 EXIT_OK, EXIT_ERROR_RATIO, EXIT_NOT_STARTED = 0, 1, 2
 

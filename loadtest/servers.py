@@ -29,6 +29,18 @@ class ServerStartError(RuntimeError):
     """The server exited or did not become ready in time; the message ends with its log tail."""
 
 
+# Auth on (the key "{api_key}" is filled in by the caller) and per-key limits too high to
+# bind: load tests and the benchmark measure the cost of running the checks, not the limits
+# (RATE_LIMIT_RPM defaults to 60). Shared by loadtest.run and loadtest.bench.
+AUTH_ON_LIMITS_UNBOUND_ENV: dict[str, str] = {
+    "ENABLE_AUTH": "true",
+    "API_KEYS": "{api_key}",
+    "RATE_LIMIT_RPM": "1000000",
+    "RATE_LIMIT_TPM": "1000000000",
+    "RATE_LIMIT_CONCURRENCY": "1024",
+}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
