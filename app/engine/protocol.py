@@ -63,6 +63,11 @@ class EngineStep:
     choices: list[ChoiceDelta]
     finished: bool
 
+    @property
+    def num_tokens(self) -> int:
+        """Tokens this step produced, all choices together."""
+        return sum(delta.num_tokens for delta in self.choices)
+
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:

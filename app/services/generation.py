@@ -174,7 +174,7 @@ class GenerationService:
     async def _collect_one(self, job: Job, lease: RequestLease) -> JobResult:
         choices = [ChoiceResult(index=i) for i in range(job.options.n)]
         async for step in self._generate(job):
-            lease.step(sum(delta.num_tokens for delta in step.choices))
+            lease.step(step.num_tokens)
             for delta in step.choices:
                 choices[delta.index].add(delta)
         return JobResult(len(job.prompt_ids), choices)
@@ -230,7 +230,7 @@ async def leased(
     try:
         if single:
             first = streams[0].first
-            lease.step(sum(delta.num_tokens for delta in first.choices))
+            lease.step(first.num_tokens)
             yield 0, first
         while True:
             try:
@@ -238,7 +238,7 @@ async def leased(
             except StopAsyncIteration:
                 break
             index, step = (0, item) if single else item
-            lease.step(sum(delta.num_tokens for delta in step.choices))
+            lease.step(step.num_tokens)
             yield index, step
     except BaseException as exc:
         error = exc

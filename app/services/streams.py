@@ -17,10 +17,6 @@ async def merge_streams(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[
     A failure in one stream is raised here at once and the others are cancelled (which
     aborts their engine requests).
     """
-    if len(streams) == 1:
-        async for item in streams[0]:
-            yield 0, item
-        return
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     tasks = [asyncio.create_task(_pump(i, s, queue)) for i, s in enumerate(streams)]
     try:
