@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from app.observability.metrics import GatewayMetrics
 from tests.observability.promql import grafana_to_promql, metric_names, run_promtool
+from tests.support.requirements import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "infra" / "grafana"
@@ -116,7 +117,7 @@ def test_vllm_metric_exists_in_vllm_source(exposed: str) -> None:
     """Each allowed vLLM metric is still defined, with the same kind, in vLLM's loggers.py."""
     spec = importlib.util.find_spec("vllm")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("vllm is not installed; `python dev.py setup` installs it and lifts this")
+        missing("vllm is not installed; `python dev.py setup` installs it and lifts this")
     source = Path(next(iter(spec.submodule_search_locations))) / "v1" / "metrics" / "loggers.py"
     name, kind = VLLM_METRICS[exposed]
     pattern = rf'self\._{kind}_cls\(\s*name="{re.escape(name)}"'
