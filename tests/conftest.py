@@ -13,8 +13,9 @@ import redis
 from openai import OpenAI
 
 from app.auth.settings import AuthSettings
-from app.config import EngineSettings, ServerSettings, Settings
+from app.config import ServerSettings, Settings
 from app.engine.manager import EngineManager
+from app.engine.settings import EngineSettings
 from app.main import create_app
 from app.observability.settings import ObservabilitySettings
 from app.resilience.settings import ResilienceSettings

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from app.auth.buckets import Limits
 from app.auth.settings import AuthSettings
-from app.config import ConfigError
+from app.config_errors import ConfigError
 from app.errors import AuthenticationError, ModelNotFoundError, PermissionDeniedError
 
 log = logging.getLogger(__name__)

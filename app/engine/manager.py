@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -24,10 +25,12 @@ from vllm.config import StructuredOutputsConfig
 from vllm.exceptions import VLLMClientError
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
+from vllm.v1.metrics.loggers import StatLoggerBase
 
-from app.config import EngineSettings
 from app.engine.device import default_gpu_memory_utilization, detect_device
 from app.engine.protocol import DeviceInfo, EngineStep, ModelInfo, SamplingOptions
+from app.engine.settings import EngineSettings
+from app.engine.sizing import kv_bytes_per_token, kv_cache_bytes, single_process_worker
 from app.engine.vllm_adapter import to_engine_step, to_sampling_params
 from app.errors import (
     EngineUnavailableError,
@@ -48,15 +51,17 @@ class EngineManager:
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
         self._model_info: ModelInfo | None = None
+        # When the engine core last returned outputs, whoever was (or was not) reading them:
+        # stall detection judges the engine, not one slow consumer.
+        self.last_progress_at = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Build the engine in a worker thread; raises if the model cannot be loaded."""
         source = await asyncio.to_thread(self._resolve_model_source)
-        args = self._engine_args(source)
         started = time.perf_counter()
-        engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        engine = await asyncio.to_thread(self._build, source)
         self._engine = engine
         self._tokenizer = engine.get_tokenizer()
         self._model_info = ModelInfo(
@@ -69,6 +74,35 @@ class EngineManager:
             "engine ready",
             extra={"model": source, "startup_s": round(time.perf_counter() - started, 1)},
         )
+
+    def _build(self, source: str) -> AsyncLLM:
+        """vLLM's config with the KV cache sized to the need, then the engine (blocking)."""
+        args = self._engine_args(source)
+        device = detect_device()
+        world_size = args.tensor_parallel_size * args.pipeline_parallel_size
+        if single_process_worker(device.kind, world_size):
+            # Read by vLLM's CPU platform while it builds the config (see sizing.py).
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        config = args.create_engine_config()
+        kv_bytes = kv_cache_bytes(
+            explicit_gb=self._settings.kv_cache_gb,
+            device_kind=device.kind,
+            max_num_seqs=config.scheduler_config.max_num_seqs,
+            max_model_len=config.model_config.max_model_len,
+            bytes_per_token=kv_bytes_per_token(config.model_config, config.parallel_config),
+        )
+        if kv_bytes is not None:
+            config.cache_config.kv_cache_memory_bytes = kv_bytes
+        return AsyncLLM.from_vllm_config(
+            config, stat_loggers=[self._progress_logger], enable_log_requests=False
+        )
+
+    def _progress_logger(self, vllm_config: Any, engine_index: int = 0) -> StatLoggerBase:
+        return _ProgressLogger(self)
+
+    def note_progress(self) -> None:
+        """The engine core returned outputs (called by vLLM's stats hook, on the loop)."""
+        self.last_progress_at = time.monotonic()
 
     async def stop(self) -> None:
         """Shut the engine core down; safe to call twice."""
@@ -106,7 +140,6 @@ class EngineManager:
             trust_remote_code=settings.trust_remote_code,
             # Lower runs sooner, in vLLM and in our admission queue alike.
             scheduling_policy="priority",
-            enable_log_requests=False,
             # Compact JSON only: with free whitespace a weak model can fill max_tokens with
             # newlines inside the grammar. Engine-wide in vLLM; per-request flags are ignored.
             structured_outputs_config=StructuredOutputsConfig(
@@ -225,3 +258,23 @@ class EngineManager:
     def _require_tokenizer(self) -> Any:
         self._require_engine()
         return self._tokenizer
+
+
+class _ProgressLogger(StatLoggerBase):
+    """vLLM's per-step stats hook, used only as a heartbeat: outputs came back."""
+
+    def __init__(self, manager: EngineManager) -> None:
+        self._manager = manager
+
+    def record(
+        self,
+        scheduler_stats: Any,
+        iteration_stats: Any,
+        mm_cache_stats: Any = None,
+        engine_idx: int = 0,
+    ) -> None:
+        if iteration_stats is not None:  # None when the engine returned no outputs
+            self._manager.note_progress()
+
+    def log_engine_initialized(self) -> None:
+        return None

@@ -1,0 +1,52 @@
+"""How vLLM's engine is built, read from flat env names (``MODEL_NAME``, ``KV_CACHE_GB``...).
+
+Kept beside the engine it configures; :mod:`app.config` composes it into the root settings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.engine.faults import FaultPlan
+
+_ENV = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+
+class EngineSettings(BaseSettings):
+    """How vLLM's engine is built. ``MODEL_NAME`` unset means the embedded default model."""
+
+    model_config = _ENV
+
+    model_name: str | None = Field(default=None, description="Hub id or local path.")
+    served_model_name: str | None = Field(default=None, description="Id shown to clients.")
+    max_model_len: int | None = Field(default=None, ge=16)
+    # None: 0.90 on a GPU. On CPU it only caps what vLLM may take: the KV cache is sized
+    # from MAX_NUM_SEQS x MAX_MODEL_LEN (or KV_CACHE_GB), see app/engine/sizing.py.
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    kv_cache_gb: float | None = Field(
+        default=None, gt=0, description="KV cache size in GiB (vLLM's kv_cache_memory_bytes)."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    enforce_eager: bool | None = None
+    max_num_seqs: int = Field(default=256, ge=1)
+    seed: int = 0
+    trust_remote_code: bool = False
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+    max_logprobs: int = Field(default=20, ge=0)
+    # Test-only: wrap the engine in the fault-injection seam (see app/engine/faults.py).
+    fault_injection: FaultPlan | None = None
+    allow_fault_injection: bool = False
+
+    @model_validator(mode="after")
+    def _fault_injection_needs_opt_in(self) -> EngineSettings:
+        if self.fault_injection is not None and not self.allow_fault_injection:
+            raise ValueError("FAULT_INJECTION is set but ALLOW_FAULT_INJECTION is not true")
+        return self
+
+    @field_validator("model_name", "served_model_name")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
