@@ -39,7 +39,7 @@ class DrainingServer(uvicorn.Server):
         self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit())
 
     async def _drain_then_exit(self) -> None:
-        finished = await self._app.state.lifecycle.drain()  # type: ignore[attr-defined]
+        finished = await self._app.state.gateway.lifecycle.drain()  # type: ignore[attr-defined]
         log.warning("drained" if finished else "grace period over; aborting the rest")
         self.should_exit = True
 

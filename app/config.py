@@ -29,10 +29,16 @@ class ServerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    debug: bool = False
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_n: int = Field(default=16, ge=1, le=128)
     max_prompts_per_request: int = Field(default=32, ge=1)
+    max_messages: int = Field(default=2048, ge=1, description="Messages per chat request.")
+    # ~370 bytes an entry: a non-streamed answer keeps every token's alternatives until it
+    # is sent (50k tokens x 20 would be 370 MB). Streams format them as they go.
+    max_logprobs_entries: int = Field(default=100_000, ge=1)
+    docs_enabled: bool | None = Field(
+        default=None, description="/docs, /redoc, /openapi.json; unset: only when auth is off."
+    )
     default_max_tokens: int | None = Field(
         default=None, ge=1, description="Used when a request sets no max_tokens; None = all room."
     )

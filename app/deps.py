@@ -9,24 +9,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
-from app.auth.keys import KeyStore, Principal
-from app.config import Settings
+from app.auth.keys import Principal
 from app.observability.context import current_request
-from app.services.generation import Caller, GenerationService
+from app.services.pipeline import GenerationPipeline
+from app.state import GatewayState
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+async def get_state(request: Request) -> GatewayState:
+    return request.app.state.gateway
 
 
-async def get_generation(request: Request) -> GenerationService:
-    return request.app.state.generation
+StateDep = Annotated[GatewayState, Depends(get_state)]
 
 
-def _keys(request: Request) -> KeyStore:
-    return request.app.state.keys
+async def get_pipeline(state: StateDep) -> GenerationPipeline:
+    return state.pipeline
 
 
 def _note_key(principal: Principal) -> Principal:
@@ -36,26 +35,16 @@ def _note_key(principal: Principal) -> Principal:
     return principal
 
 
-async def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request, state: StateDep) -> Principal:
     """The caller's key (401 without a valid one when auth is on)."""
-    return _note_key(_keys(request).authenticate(request.headers.get("authorization")))
+    return _note_key(state.keys.authenticate(request.headers.get("authorization")))
 
 
-async def get_caller(
-    principal: Annotated[Principal, Depends(get_principal)],
-    x_priority: Annotated[int | None, Header(ge=0, le=10)] = None,
-) -> Caller:
-    """The caller plus the priority asked for in ``X-Priority`` (it can only lower it)."""
-    return Caller(principal, x_priority)
-
-
-async def require_admin(request: Request) -> Principal:
+async def require_admin(request: Request, state: StateDep) -> Principal:
     """An admin key when auth is on and ADMIN_ROUTES_REQUIRE_KEY (401/403 otherwise)."""
-    return _note_key(_keys(request).authenticate_admin(request.headers.get("authorization")))
+    return _note_key(state.keys.authenticate_admin(request.headers.get("authorization")))
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-GenerationDep = Annotated[GenerationService, Depends(get_generation)]
+PipelineDep = Annotated[GenerationPipeline, Depends(get_pipeline)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
-CallerDep = Annotated[Caller, Depends(get_caller)]
 AdminDep = Annotated[Principal, Depends(require_admin)]

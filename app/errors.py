@@ -11,22 +11,20 @@ Every failure a client can see is a :class:`GatewayError`, rendered in OpenAI's 
     ├── NotFoundError (404; ModelNotFoundError: code=model_not_found)
     ├── PayloadTooLargeError (413)
     ├── RateLimitError (429, Retry-After)
+    ├── ClientDisconnectedError (499, nginx's: the client left before the answer)
     ├── ServiceUnavailableError (503, Retry-After)
     │   └── EngineUnavailableError (503, code=engine_unavailable)
     └── GatewayTimeoutError (504)
 
 ``retry_after`` (seconds) becomes ``Retry-After`` and ``retry-after-ms`` headers, which the
 OpenAI SDK honours; ``should_retry=False`` adds ``x-should-retry: false`` where retrying
-cannot help.
+cannot help. Rendering (a JSON response, a final SSE event) lives in :mod:`app.api.errors`.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
-
-import orjson
-from starlette.responses import Response
 
 
 class GatewayError(Exception):
@@ -120,6 +118,14 @@ class RateLimitError(GatewayError):
     default_code = "rate_limit_exceeded"
 
 
+class ClientDisconnectedError(GatewayError):
+    """The client closed the connection before the response was done (nginx's 499)."""
+
+    status = 499
+    type = "client_closed_request"
+    default_code = "client_disconnected"
+
+
 class ServiceUnavailableError(GatewayError):
     status = 503
     type = "service_unavailable"
@@ -146,18 +152,3 @@ class GatewayTimeoutError(GatewayError):
     default_code = "timeout"
     # True when the client's own ``timeout`` (shorter than the server's cap) expired.
     client_chosen = False
-
-
-def error_response(error: GatewayError) -> Response:
-    """The one mapping from a :class:`GatewayError` to an HTTP response."""
-    return Response(
-        orjson.dumps(error.body()),
-        status_code=error.status,
-        headers=error.headers(),
-        media_type="application/json",
-    )
-
-
-def error_sse_event(error: GatewayError) -> bytes:
-    """The one mapping to a final SSE event, sent when a stream fails after its 200."""
-    return b"data: " + orjson.dumps(error.body()) + b"\n\n"

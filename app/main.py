@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -15,56 +13,31 @@ from fastapi import Depends, FastAPI
 from app.api import admin, chat, completions, health, models, observability, simple
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.error_handlers import install_error_handlers
+from app.api.http import install_openapi
 from app.auth.keys import KeyStore
 from app.auth.ratelimit import RateLimiter
+from app.auth.reload import KeyFileWatcher
+from app.auth.storage_health import StorageErrors
 from app.config import Settings, load_settings
 from app.deps import require_admin
 from app.engine.protocol import EngineClient
+from app.lifecycle import Lifecycle
 from app.observability.alerts import AlertEvaluator
 from app.observability.health import HealthReporter, device_component, engine_component
 from app.observability.metrics import GatewayMetrics
 from app.observability.middleware import RequestContextMiddleware
 from app.resilience.breaker import BreakerTransition, EngineBreaker
 from app.resilience.queue import PriorityAdmission
-from app.services.generation import GenerationService
+from app.schemas.openai import ChatCompletionRequest, CompletionRequest, SimpleGenerateRequest
 from app.services.lease import Guards
+from app.services.pipeline import GenerationPipeline
+from app.state import GatewayState
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 FatalHandler = Callable[[BaseException], None]
-
-
-@dataclass
-class StorageErrors:
-    """The last rate-limit storage failure, for /health/detailed (degraded for a minute)."""
-
-    window_s: float = 60.0
-    last_at: float | None = None
-    last_error: str | None = None
-
-    def note(self, operation: str, error: Exception) -> None:
-        self.last_at, self.last_error = time.monotonic(), f"{operation}: {error!r}"
-
-    def report(self, backend: str) -> dict[str, Any]:
-        recent = self.last_at is not None and time.monotonic() - self.last_at < self.window_s
-        status = "degraded" if recent else "ok"
-        return {"status": status, "backend": backend, "last_error": self.last_error}
-
-
-@dataclass
-class Lifecycle:
-    """Shutdown state: once draining, readiness fails and admission refuses (503)."""
-
-    guards: Guards
-    grace_s: float
-    draining: bool = False
-
-    async def drain(self) -> bool:
-        """Stop admitting and wait up to the grace period for in-flight requests."""
-        self.draining = True
-        log.warning("draining", extra={"grace_s": self.grace_s})
-        return await self.guards.admission.drain(self.grace_s)
+REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest, SimpleGenerateRequest)
 
 
 def create_app(
@@ -80,22 +53,17 @@ def create_app(
     metrics = GatewayMetrics.for_registry()
     owned = engine is None
     engine = engine or build_engine(settings, metrics)
-    storage_errors = StorageErrors()
-    guards = _build_guards(settings, metrics, storage_errors)
+    state = build_state(settings, engine, metrics)
+    docs = _docs_enabled(settings)
     app = FastAPI(
         title="LLM Gateway",
         version=VERSION,
-        lifespan=_lifespan(engine if owned else None, on_fatal),
-        debug=settings.server.debug,
+        lifespan=_lifespan(state, engine if owned else None, on_fatal),
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
-    state = app.state
-    state.settings, state.guards, state.metrics = settings, guards, metrics
-    state.keys = KeyStore.from_settings(settings.auth)
-    state.generation = GenerationService(engine, settings, guards)
-    state.lifecycle = Lifecycle(guards, settings.resilience.shutdown_grace_s)
-    state.alerts = AlertEvaluator.for_metrics(metrics, settings.observability)
-    state.health = _health(engine, guards, storage_errors)
-    metrics.on_collect(lambda: _refresh_gauges(metrics, engine, guards))
+    app.state.gateway = state
     _install_routes(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(
@@ -124,20 +92,51 @@ def build_engine(settings: Settings, metrics: GatewayMetrics) -> EngineClient:
     )
 
 
-def _build_guards(
-    settings: Settings, metrics: GatewayMetrics, storage_errors: StorageErrors
-) -> Guards:
+def build_state(settings: Settings, engine: EngineClient, metrics: GatewayMetrics) -> GatewayState:
+    """Every part the routes and the lifespan use, wired once."""
+    guards, storage_errors = _build_guards(settings, metrics)
+    keys = KeyStore.from_settings(settings.auth, settings.resilience.default_priority)
+    health = HealthReporter(version=VERSION, model=lambda: engine.model_info.served_name)
+    health.add("engine", engine_component(engine))
+    health.add("device", device_component)
+    health.add("breaker", guards.breaker.health)
+    health.add("queue", lambda: {"status": "ok", **guards.admission.stats().as_dict()})
+    health.add("rate_limit_storage", storage_errors.report)
+    metrics.on_collect(lambda: _refresh_gauges(metrics, engine, guards))
+    return GatewayState(
+        settings=settings,
+        engine=engine,
+        guards=guards,
+        keys=keys,
+        pipeline=GenerationPipeline(engine, settings, guards, keys),
+        lifecycle=Lifecycle(guards.admission, settings.resilience.shutdown_grace_s),
+        alerts=AlertEvaluator.for_metrics(metrics, settings.observability),
+        health=health,
+        metrics=metrics,
+    )
+
+
+def _build_guards(settings: Settings, metrics: GatewayMetrics) -> tuple[Guards, StorageErrors]:
+    storage_errors = StorageErrors(backend="memory")
+
+    def on_storage_error(operation: str, error: Exception, failed_open: bool) -> None:
+        storage_errors.note(operation, error)
+        if failed_open:
+            metrics.rate_limit_failed_open(operation)
+
     def on_transition(change: BreakerTransition) -> None:
         metrics.breaker_changed(change.previous, change.current)
 
-    return Guards(
-        # The limiter logs storage errors itself, at most one warning per 10 s; the health
-        # report reads the last one from its listener.
-        limiter=RateLimiter.from_settings(settings.auth, on_storage_error=storage_errors.note),
+    # The limiter logs storage errors itself, at most one warning per 10 s.
+    limiter = RateLimiter.from_settings(settings.auth, on_storage_error=on_storage_error)
+    storage_errors.backend = type(limiter.storage).__name__
+    guards = Guards(
+        limiter=limiter,
         admission=PriorityAdmission.from_settings(settings.resilience),
         breaker=EngineBreaker.from_settings(settings.resilience, listeners=[on_transition]),
         metrics=metrics,
     )
+    return guards, storage_errors
 
 
 def _refresh_gauges(metrics: GatewayMetrics, engine: EngineClient, guards: Guards) -> None:
@@ -146,21 +145,10 @@ def _refresh_gauges(metrics: GatewayMetrics, engine: EngineClient, guards: Guard
     metrics.set_engine_up(engine.is_ready)
 
 
-def _health(engine: EngineClient, guards: Guards, storage_errors: StorageErrors) -> HealthReporter:
-    reporter = HealthReporter(version=VERSION, model=lambda: engine.model_info.served_name)
-    reporter.add("engine", engine_component(engine))
-    reporter.add("device", device_component)
-    reporter.add("breaker", lambda: _breaker_health(guards.breaker))
-    reporter.add("queue", lambda: {"status": "ok", **guards.admission.stats().as_dict()})
-    storage = type(guards.limiter.storage).__name__
-    reporter.add("rate_limit_storage", lambda: storage_errors.report(storage))
-    return reporter
-
-
-def _breaker_health(breaker: EngineBreaker) -> dict[str, Any]:
-    stats = breaker.stats().as_dict()
-    status = {"closed": "ok", "half-open": "degraded"}.get(breaker.state, "down")
-    return {**stats, "status": status}
+def _docs_enabled(settings: Settings) -> bool:
+    """/docs, /redoc and /openapi.json: DOCS_ENABLED, or by default only without auth."""
+    configured = settings.server.docs_enabled
+    return configured if configured is not None else not settings.auth.enable_auth
 
 
 def _install_routes(app: FastAPI) -> None:
@@ -168,34 +156,49 @@ def _install_routes(app: FastAPI) -> None:
     for module in (chat, completions, simple, models, health, admin):
         app.include_router(module.router)
     app.include_router(observability.router, dependencies=[Depends(require_admin)])
+    install_openapi(app, REQUEST_MODELS)
 
 
-def _lifespan(engine: EngineClient | None, on_fatal: FatalHandler | None):
+def _lifespan(state: GatewayState, engine: EngineClient | None, on_fatal: FatalHandler | None):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load the model in the background so liveness answers during the ~20 s start-up.
-        tasks = [asyncio.create_task(app.state.alerts.run(), name="alerts")]
+        # Load the model in the background so liveness answers during the start-up.
+        tasks = [_task(state.alerts.run(), "alerts")]
         if engine is not None:
-            tasks.append(asyncio.create_task(_start(engine, on_fatal), name="engine-start"))
+            startup_s = state.settings.engine.startup_timeout_s
+            tasks.append(_task(_start(engine, startup_s, on_fatal), "engine-start"))
+        auth = state.settings.auth
+        if auth.api_keys_file is not None and auth.api_keys_reload_s > 0:
+            watcher = KeyFileWatcher(state.keys, auth.api_keys_file, auth.api_keys_reload_s)
+            tasks.append(_task(watcher.run(), "api-keys-reload"))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await app.state.guards.limiter.aclose()
+            await state.guards.limiter.aclose()
             if engine is not None:
                 await engine.stop()  # type: ignore[attr-defined]
 
     return lifespan
 
 
-async def _start(engine: EngineClient, on_fatal: FatalHandler | None) -> None:
+def _task(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    return asyncio.create_task(work, name=name)
+
+
+async def _start(engine: EngineClient, timeout_s: float, on_fatal: FatalHandler | None) -> None:
+    """Start the engine within STARTUP_TIMEOUT_S; otherwise tell the runner (exit non-zero,
+    so the orchestrator restarts the process)."""
     try:
-        await engine.start()  # type: ignore[attr-defined]
+        async with asyncio.timeout(timeout_s):
+            await engine.start()  # type: ignore[attr-defined]
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        if isinstance(exc, TimeoutError):
+            exc = TimeoutError(f"the engine was not ready within STARTUP_TIMEOUT_S={timeout_s:g}s")
         log.critical("engine failed to start: %s", exc, exc_info=exc)
         if on_fatal is not None:
             on_fatal(exc)

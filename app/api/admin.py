@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
 from app.api.http import json_response
-from app.deps import AdminDep, PrincipalDep
+from app.deps import AdminDep, PrincipalDep, StateDep
 from app.schemas.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["admin"])
 
 
 @router.get("/resilience/stats", responses={k: ERROR_RESPONSES[k] for k in (401, 403)})
-async def resilience_stats(request: Request, _: AdminDep) -> Response:
+async def resilience_stats(state: StateDep, _: AdminDep) -> Response:
     """Breaker, queue (depth per priority, in flight, totals, estimated wait), engine."""
-    state = request.app.state
-    engine = state.generation.engine
+    engine = state.engine
     return json_response(
         {
             "breaker": state.guards.breaker.stats().as_dict(),
@@ -33,6 +32,6 @@ async def resilience_stats(request: Request, _: AdminDep) -> Response:
 
 
 @router.get("/auth/info", responses={401: ERROR_RESPONSES[401]})
-async def auth_info(request: Request, principal: PrincipalDep) -> Response:
+async def auth_info(state: StateDep, principal: PrincipalDep) -> Response:
     """The caller's key name, tier, limits and remaining budget; never a secret."""
-    return json_response(await request.app.state.guards.limiter.info(principal))
+    return json_response(await state.guards.limiter.info(principal))

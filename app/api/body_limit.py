@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLargeError, error_response
+from app.api.errors import error_response
+from app.errors import PayloadTooLargeError
 
 
 class BodyLimitMiddleware:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
-from app.api.http import STREAMING_RESPONSES, disconnect_waiter, reply_response
-from app.deps import CallerDep, GenerationDep
+from app.api.http import STREAMING_RESPONSES, json_body
+from app.api.pipeline_response import PipelineResponse
+from app.deps import PipelineDep
 from app.schemas.openai import ChatCompletionRequest
-from app.services.chat import chat_completion
+from app.services.chat import ChatEndpoint
 
 router = APIRouter(tags=["openai"])
+CHAT = ChatEndpoint()
 
 
-@router.post("/v1/chat/completions", responses=STREAMING_RESPONSES)
-async def chat_completions(
-    body: ChatCompletionRequest, service: GenerationDep, caller: CallerDep, request: Request
-) -> Response:
+@router.post(
+    "/v1/chat/completions",
+    responses=STREAMING_RESPONSES,
+    openapi_extra=json_body(ChatCompletionRequest),
+)
+async def chat_completions(pipeline: PipelineDep) -> Response:
     """OpenAI chat completions, streaming (SSE) or not."""
-    return reply_response(await chat_completion(service, caller, body, disconnect_waiter(request)))
+    return PipelineResponse(pipeline, CHAT)

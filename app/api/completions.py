@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
-from app.api.http import STREAMING_RESPONSES, disconnect_waiter, reply_response
-from app.deps import CallerDep, GenerationDep
+from app.api.http import STREAMING_RESPONSES, json_body
+from app.api.pipeline_response import PipelineResponse
+from app.deps import PipelineDep
 from app.schemas.openai import CompletionRequest
-from app.services.completions import completion
+from app.services.completions import CompletionEndpoint
 
 router = APIRouter(tags=["openai"])
+COMPLETIONS = CompletionEndpoint()
 
 
-@router.post("/v1/completions", responses=STREAMING_RESPONSES)
-async def completions(
-    body: CompletionRequest, service: GenerationDep, caller: CallerDep, request: Request
-) -> Response:
+@router.post(
+    "/v1/completions", responses=STREAMING_RESPONSES, openapi_extra=json_body(CompletionRequest)
+)
+async def completions(pipeline: PipelineDep) -> Response:
     """OpenAI (legacy) text completions, streaming (SSE) or not."""
-    return reply_response(await completion(service, caller, body, disconnect_waiter(request)))
+    return PipelineResponse(pipeline, COMPLETIONS)

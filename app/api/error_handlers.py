@@ -9,14 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from app.errors import (
-    GatewayError,
-    InvalidRequestError,
-    NotFoundError,
-    RouteError,
-    error_response,
-)
+from app.api.errors import error_response
+from app.errors import GatewayError, NotFoundError, RouteError
 from app.observability.context import record_error
+from app.services.parsing import validation_error
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +31,7 @@ async def _gateway_error(_: Request, exc: GatewayError) -> Response:
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
     """400 (not FastAPI's 422 shape) naming the first offending parameter."""
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-    param = ".".join(loc) or None
-    message = first.get("msg", "Invalid request.")
-    if first.get("type") == "json_invalid":
-        message, param = "The request body is not valid JSON.", None
-    elif param:
-        message = f"Invalid value for '{param}': {message}"
-    error = InvalidRequestError(message, param=param)
+    error = validation_error(exc.errors(), skip=("body", "query", "path"))
     record_error(error)
     return error_response(error)
 

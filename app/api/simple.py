@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from fastapi import APIRouter
+from starlette.responses import Response
 
-from app.api.http import (
-    GENERATION_RESPONSES,
-    SSE_RESPONSES,
-    disconnect_waiter,
-    reply_response,
-)
-from app.deps import CallerDep, GenerationDep
+from app.api.http import JSON_RESPONSES, SSE_RESPONSES, json_body
+from app.api.pipeline_response import PipelineResponse
+from app.deps import PipelineDep
 from app.schemas.openai import SimpleGenerateRequest
-from app.services.simple import simple_generation
+from app.services.simple import SimpleEndpoint
 
 router = APIRouter(tags=["simple"])
+GENERATE, STREAM = SimpleEndpoint(stream=False), SimpleEndpoint(stream=True)
+BODY = json_body(SimpleGenerateRequest)
 
 
-@router.post("/v1/generate", responses=GENERATION_RESPONSES)
-async def generate(
-    body: SimpleGenerateRequest, service: GenerationDep, caller: CallerDep, request: Request
-) -> Response:
+@router.post("/v1/generate", responses=JSON_RESPONSES, openapi_extra=BODY)
+async def generate(pipeline: PipelineDep) -> Response:
     """Generate text for one prompt; JSON ``{"text", "finish_reason", "usage"}``."""
-    waiter = disconnect_waiter(request)
-    return reply_response(await simple_generation(service, caller, body, waiter, stream=False))
+    return PipelineResponse(pipeline, GENERATE)
 
 
-@router.post("/v1/stream", responses=SSE_RESPONSES, response_class=StreamingResponse)
-async def stream(
-    body: SimpleGenerateRequest, service: GenerationDep, caller: CallerDep, request: Request
-) -> Response:
+@router.post("/v1/stream", responses=SSE_RESPONSES, openapi_extra=BODY)
+async def stream(pipeline: PipelineDep) -> Response:
     """Stream text for one prompt as SSE ``data: {"text": ...}`` events, then ``[DONE]``."""
-    waiter = disconnect_waiter(request)
-    return reply_response(await simple_generation(service, caller, body, waiter, stream=True))
+    return PipelineResponse(pipeline, STREAM)

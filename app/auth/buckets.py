@@ -94,27 +94,42 @@ class TokenBucket:
         return BucketState(level, current.updated_at)
 
 
+# What an unset limit (``None``) becomes in the maths: a bucket no request can empty, so
+# the storages and the Lua script need no special case for it. Headers never show it.
+UNBOUNDED = 1e15
+
+
 @dataclass(frozen=True)
 class Limits:
     """One key's limits.
 
     ``burst`` is the request bucket's capacity (requests admitted at once after idling);
     ``None`` means one minute's worth (``rpm``). The token bucket holds one minute's worth
-    (``tpm``). ``concurrency`` caps in-flight requests (``None``: no per-key cap).
+    (``tpm``). ``concurrency`` caps in-flight requests (``None``: no per-key cap). An
+    ``rpm`` or ``tpm`` of ``None`` is no limit at all (:data:`UNBOUNDED`).
     """
 
-    rpm: int
-    tpm: int
+    rpm: int | None
+    tpm: int | None
     burst: int | None = None
     concurrency: int | None = None
 
     @property
     def requests(self) -> TokenBucket:
+        if self.rpm is None:
+            return TokenBucket(UNBOUNDED, UNBOUNDED)
         return TokenBucket(float(self.burst or self.rpm), self.rpm / 60.0)
 
     @property
     def tokens(self) -> TokenBucket:
+        if self.tpm is None:
+            return TokenBucket(UNBOUNDED, UNBOUNDED)
         return TokenBucket(float(self.tpm), self.tpm / 60.0)
+
+    @property
+    def unlimited(self) -> bool:
+        """No bucket and no concurrency cap: nothing to charge or keep."""
+        return self.rpm is None and self.tpm is None and self.concurrency is None
 
 
 @dataclass(frozen=True)

@@ -112,11 +112,13 @@ class Principal:
     models: frozenset[str] | None = None
     is_admin: bool = False
     auth_enabled: bool = True
+    # Scheduling priority for the admission queue and vLLM, lower runs sooner; None: the
+    # tier's (TIER_PRIORITY, whose "standard" the key store sets to DEFAULT_PRIORITY).
+    priority: int = None  # type: ignore[assignment]
 
-    @property
-    def priority(self) -> int:
-        """Scheduling priority for the admission queue and vLLM: lower runs sooner."""
-        return TIER_PRIORITY[self.tier]
+    def __post_init__(self) -> None:
+        if self.priority is None:
+            object.__setattr__(self, "priority", TIER_PRIORITY[self.tier])
 
     def can_use(self, model: str) -> bool:
         """Whether this key may use ``model`` (e.g. to filter ``GET /v1/models``)."""
@@ -168,7 +170,15 @@ def _describe(err: object) -> str:
     return f"{where}: {detail.get('msg')}"
 
 
-def record_from_entry(entry: KeyEntry, defaults: Limits) -> KeyRecord:
+def tier_priorities(default_priority: int) -> dict[str, int]:
+    """Each tier's priority: the standard tier (and the anonymous caller) run at
+    ``DEFAULT_PRIORITY``; premium and batch keep theirs."""
+    return {**TIER_PRIORITY, "standard": default_priority}
+
+
+def record_from_entry(
+    entry: KeyEntry, defaults: Limits, priorities: dict[str, int] = TIER_PRIORITY
+) -> KeyRecord:
     """A stored key from a file entry; unset limits fall back to ``defaults``."""
     # A key that sets its own rpm but no burst gets rpm as its burst, not the global burst.
     burst = (
@@ -181,18 +191,23 @@ def record_from_entry(entry: KeyEntry, defaults: Limits) -> KeyRecord:
         concurrency=entry.concurrency if entry.concurrency is not None else defaults.concurrency,
     )
     models = frozenset(entry.models) if entry.models is not None else None
-    principal = Principal(entry.name, limits, entry.tier, models, entry.admin)
+    principal = Principal(
+        entry.name, limits, entry.tier, models, entry.admin, priority=priorities[entry.tier]
+    )
     return KeyRecord(bytes.fromhex(entry.sha256), principal)
 
 
-def record_from_plain_key(key: str, defaults: Limits) -> KeyRecord:
+def record_from_plain_key(
+    key: str, defaults: Limits, priorities: dict[str, int] = TIER_PRIORITY
+) -> KeyRecord:
     """A stored key from ``API_KEYS``: standard tier, every model, not admin.
 
     Its name is ``key-`` and the first 8 hex digits of its digest: stable across restarts
     and reorderings, and useless for recovering a key with real entropy.
     """
     digest = hashlib.sha256(key.encode()).digest()
-    return KeyRecord(digest, Principal(f"key-{digest.hex()[:8]}", defaults))
+    principal = Principal(f"key-{digest.hex()[:8]}", defaults, priority=priorities["standard"])
+    return KeyRecord(digest, principal)
 
 
 class KeyStore:
@@ -200,7 +215,10 @@ class KeyStore:
 
     ``authenticate`` is for every model route; ``authenticate_admin`` for the admin routes
     (``/resilience/stats``, ``/alerts``). With auth off both return the anonymous principal,
-    which carries the default limits.
+    which carries only the limits the operator configured (``AuthSettings.anonymous_limits``).
+
+    :meth:`reload` re-reads ``API_KEYS_FILE`` (see :mod:`app.auth.reload`): the new set
+    replaces the old one whole, or, if the file is bad, the old one stays.
     """
 
     def __init__(
@@ -208,39 +226,54 @@ class KeyStore:
         records: Sequence[KeyRecord],
         *,
         enabled: bool,
-        default_limits: Limits,
+        anonymous_limits: Limits,
         admin_routes_require_key: bool = True,
+        anonymous_priority: int = TIER_PRIORITY["standard"],
+        settings: AuthSettings | None = None,
+        priorities: dict[str, int] = TIER_PRIORITY,
     ) -> None:
-        self._records = tuple(records)
         self.enabled = enabled
         self.admin_routes_require_key = admin_routes_require_key
-        self.anonymous = Principal(ANONYMOUS, default_limits, auth_enabled=enabled)
-        self._check_records()
+        self.anonymous = Principal(
+            ANONYMOUS, anonymous_limits, auth_enabled=enabled, priority=anonymous_priority
+        )
+        self._settings = settings
+        self._priorities = priorities
+        self._records = self._checked(records)
 
     @classmethod
-    def from_settings(cls, settings: AuthSettings) -> KeyStore:
+    def from_settings(cls, settings: AuthSettings, default_priority: int = 5) -> KeyStore:
         """Build from ``API_KEYS`` and ``API_KEYS_FILE``; raise :class:`KeyFileError` if the
         file is bad or a name appears in both."""
-        defaults = settings.default_limits
-        records = [record_from_plain_key(key, defaults) for key in settings.plain_keys()]
-        if settings.api_keys_file is not None:
-            entries = load_key_file(settings.api_keys_file).keys
-            records += [record_from_entry(entry, defaults) for entry in entries]
+        priorities = tier_priorities(default_priority)
         return cls(
-            records,
+            _records(settings, priorities),
             enabled=settings.enable_auth,
-            default_limits=defaults,
+            anonymous_limits=settings.anonymous_limits,
             admin_routes_require_key=settings.admin_routes_require_key,
+            anonymous_priority=default_priority,
+            settings=settings,
+            priorities=priorities,
         )
 
-    def _check_records(self) -> None:
-        names = {record.principal.name for record in self._records}
-        digests = {record.digest for record in self._records}
-        if len(names) != len(self._records) or len(digests) != len(self._records):
+    def reload(self) -> int:
+        """Re-read the keys; the new set replaces the old at once. Returns how many keys
+        there are; raises :class:`KeyFileError` (and keeps the old set) if the file is bad."""
+        if self._settings is None:
+            return len(self)
+        self._records = self._checked(_records(self._settings, self._priorities))
+        return len(self)
+
+    def _checked(self, records: Sequence[KeyRecord]) -> tuple[KeyRecord, ...]:
+        records = tuple(records)
+        names = {record.principal.name for record in records}
+        digests = {record.digest for record in records}
+        if len(names) != len(records) or len(digests) != len(records):
             raise KeyFileError("a key or key name appears twice across API_KEYS and the file")
-        has_admin = any(record.principal.is_admin for record in self._records)
+        has_admin = any(record.principal.is_admin for record in records)
         if self.enabled and self.admin_routes_require_key and not has_admin:
             log.warning("no key has admin: true; the admin routes will answer 403")
+        return records
 
     def __len__(self) -> int:
         return len(self._records)
@@ -289,6 +322,15 @@ class KeyStore:
                 "This API key may not use admin routes.", code="admin_key_required"
             )
         return principal
+
+
+def _records(settings: AuthSettings, priorities: dict[str, int]) -> list[KeyRecord]:
+    defaults = settings.default_limits
+    records = [record_from_plain_key(key, defaults, priorities) for key in settings.plain_keys()]
+    if settings.api_keys_file is not None:
+        entries = load_key_file(settings.api_keys_file).keys
+        records += [record_from_entry(entry, defaults, priorities) for entry in entries]
+    return records
 
 
 def _bearer_token(authorization: str | None) -> str | None:

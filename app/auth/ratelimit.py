@@ -1,25 +1,31 @@
 """Per-key rate limits: a request bucket, a token bucket, and a cap on concurrent requests.
 
-The service calls, for each request::
+The pipeline calls, for each request, in two steps so that a key over its limit buys no
+work (parsing, tokenizing) before it is refused::
 
-    charge = await limiter.charge(principal, prompt_tokens + n * max_tokens)  # 429 / 503
+    charge = await limiter.admit(principal)        # 1 request + a concurrency slot: 429 / 503
+    ...                                            # parse, tokenize
+    await charge.reserve(prompt_tokens + n * max_tokens)   # the largest possible cost: 429
     try:
         ...  # generate; send charge.headers() with the response
     finally:
         await charge.settle(prompt_tokens + completion_tokens_actually_produced)
 
-``charge`` takes one request and the request's *largest possible* token cost from both
-buckets in one atomic step, so concurrent requests cannot overrun the limit; ``settle``
-gives back what was not used and frees the concurrency slot. ``settle`` is idempotent and
-safe in ``finally`` blocks under cancellation (a client disconnect).
+Each step is one atomic storage call, so concurrent requests cannot overrun the limit;
+``settle`` gives back what was not used and frees the concurrency slot. ``settle`` is
+idempotent and safe in ``finally`` blocks under cancellation (a client disconnect).
+:meth:`RateLimiter.charge` does both steps at once. A key whose limits are all unset
+(auth off and no ``RATE_LIMIT_*`` configured) is never sent to the storage.
 
 Bucket state lives in a :class:`RateLimitStorage`: :class:`MemoryStorage` (one replica) or
 ``RedisStorage`` (shared by every replica). The concurrency cap is kept per replica: it
 guards this replica's engine, and a crashed replica cannot leak shared slots.
 
 If the storage is unreachable, ``fail_mode`` decides: ``"open"`` admits uncharged (a
-warning, at most every ``warn_every_s``, and every failure reported to ``on_storage_error``);
-``"closed"`` raises ``ServiceUnavailableError`` (503) with ``retry_after``.
+warning, at most every ``warn_every_s``, and every failure reported to ``on_storage_error``
+with ``failed_open=True``); ``"closed"`` raises ``ServiceUnavailableError`` (503) with
+``retry_after``. A storage that answers with an error (:class:`StorageFailedError`) is
+refused with 503 ``rate_limiter_failed`` in either mode.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -42,27 +49,33 @@ from app.auth.responses import (
     request_too_large,
 )
 from app.auth.settings import AuthSettings
-from app.auth.storage import Clock, MemoryStorage, RateLimitStorage, StorageUnavailableError
+from app.auth.storage import (
+    Clock,
+    MemoryStorage,
+    RateLimitStorage,
+    StorageFailedError,
+    StorageUnavailableError,
+)
 from app.errors import ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
-StorageErrorListener = Callable[[str, Exception], None]
-"""Called with the operation (``charge``, ``refund``, ``peek``) and the storage error."""
+StorageErrorListener = Callable[[str, Exception, bool], None]
+"""Called with the operation (``charge``, ``refund``, ``peek``), the storage error, and
+whether the limiter failed open (served without charging or refunding) because of it."""
 
 
 class Charge:
-    """One admitted request: holds its concurrency slot and its token reservation.
+    """One admitted request: its concurrency slot, its request and its token reservation.
 
-    ``charged`` is False when the storage was down and the limiter failed open: nothing was
-    taken, so nothing is given back, and the headers carry only the limits.
+    ``charged`` is False when the storage was down and the limiter failed open (nothing was
+    taken, so nothing is given back, and the headers carry only the limits) or when the key
+    has no limits to charge.
     """
 
-    def __init__(
-        self, limiter: RateLimiter, principal: Principal, tokens: int, levels: Levels | None
-    ):
+    def __init__(self, limiter: RateLimiter, principal: Principal, levels: Levels | None):
         self.principal = principal
-        self.tokens = tokens
+        self.tokens = 0
         self.levels = levels
         self._limiter = limiter
         self._settled = False
@@ -78,6 +91,19 @@ class Charge:
     def headers(self) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers for this request's response (levels at admission)."""
         return rate_limit_headers(self.principal.limits, self.levels)
+
+    async def reserve(self, tokens: int) -> None:
+        """Take the request's largest possible token cost, or raise (429 / 503); once.
+
+        Raises ``RateLimitExceededError`` (429) when ``tokens`` exceeds the key's TPM
+        (``should_retry=False``) or the bucket is too low (``retry_after`` exact).
+        """
+        if tokens < 0:
+            raise ValueError("tokens must be >= 0")
+        if self.tokens:
+            raise RuntimeError("tokens were already reserved for this request")
+        self.levels = await self._limiter._reserve(self, tokens)
+        self.tokens = tokens
 
     async def settle(self, used_tokens: int) -> None:
         """Free the slot and refund ``tokens - used_tokens``; later calls do nothing.
@@ -140,42 +166,77 @@ class RateLimiter:
         """Requests of key ``name`` admitted and not yet settled, on this replica."""
         return self._in_flight.get(name, 0)
 
-    async def charge(self, principal: Principal, tokens: int) -> Charge:
-        """Admit one request that may consume up to ``tokens`` tokens, or raise.
+    async def admit(self, principal: Principal) -> Charge:
+        """Take one request and a concurrency slot, or raise; the :class:`Charge` must be
+        settled.
 
         Raises ``RateLimitExceededError`` (429): over the concurrency cap (code
-        ``concurrency_limit_exceeded``); a bucket too low (``retry_after``: exact seconds
-        until both fit); ``tokens`` above the key's TPM (``should_retry=False``: it never
-        fits). Raises ``ServiceUnavailableError`` (503) if the storage is down and failing
-        closed. The returned :class:`Charge` must be settled.
+        ``concurrency_limit_exceeded``) or no request left in the bucket (``retry_after``
+        exact). Raises ``ServiceUnavailableError`` (503) if the storage fails, or is down
+        while failing closed.
         """
-        if tokens < 0:
-            raise ValueError("tokens must be >= 0")
-        limits = principal.limits
-        if tokens > limits.tokens.capacity:
-            raise request_too_large(principal, tokens)
         self._acquire(principal)
         try:
-            return await self._charge_buckets(principal, tokens)
+            if principal.limits.unlimited:
+                return Charge(self, principal, None)
+            levels = await self._take(principal, requests=1, tokens=0, operation="charge")
+            return Charge(self, principal, levels)
         except BaseException:
             self._release(principal.name)
             raise
 
-    async def _charge_buckets(self, principal: Principal, tokens: int) -> Charge:
+    async def charge(self, principal: Principal, tokens: int) -> Charge:
+        """:meth:`admit` and :meth:`Charge.reserve` in one call (the slot is freed on refusal)."""
+        if tokens < 0:
+            raise ValueError("tokens must be >= 0")
+        if tokens > principal.limits.tokens.capacity:
+            raise request_too_large(principal, tokens)
+        charge = await self.admit(principal)
         try:
-            outcome = await self.storage.charge(principal.name, principal.limits, tokens)
+            await charge.reserve(tokens)
+        except BaseException:
+            await charge.settle(0)
+            raise
+        return charge
+
+    async def _reserve(self, charge: Charge, tokens: int) -> Levels | None:
+        principal = charge.principal
+        if tokens > principal.limits.tokens.capacity:
+            raise request_too_large(principal, tokens)
+        if principal.limits.unlimited or tokens == 0:
+            return charge.levels
+        if not charge.charged:  # admitted uncharged (failing open): keep it that way
+            return None
+        return await self._take(principal, requests=0, tokens=tokens, operation="charge")
+
+    async def _take(
+        self, principal: Principal, *, requests: int, tokens: int, operation: str
+    ) -> Levels | None:
+        """One atomic take; ``None`` when the storage is down and the limiter fails open."""
+        op_id = uuid.uuid4().hex
+        try:
+            outcome = await self.storage.charge(
+                principal.name, principal.limits, tokens, requests=requests, op_id=op_id
+            )
         except StorageUnavailableError as exc:
-            self._report("charge", exc)
+            self._report(operation, exc, failed_open=self.fail_mode == "open")
             if self.fail_mode == "closed":
                 raise ServiceUnavailableError(
                     "Rate limiting is unavailable; retry shortly.",
                     code="rate_limiter_unavailable",
                     retry_after=self._retry_after_s,
                 ) from exc
-            return Charge(self, principal, tokens, None)
+            return None
+        except StorageFailedError as exc:
+            self._report(operation, exc, failed_open=False)
+            raise ServiceUnavailableError(
+                "Rate limiting failed; the operator has been told.",
+                code="rate_limiter_failed",
+                retry_after=self._retry_after_s,
+            ) from exc
         if not outcome.admitted:
-            raise bucket_exceeded(principal, tokens, outcome.levels)
-        return Charge(self, principal, tokens, outcome.levels)
+            raise bucket_exceeded(principal, tokens, outcome.levels, requests)
+        return outcome.levels
 
     def _acquire(self, principal: Principal) -> None:
         cap = principal.limits.concurrency
@@ -201,23 +262,27 @@ class RateLimiter:
 
     async def _refund(self, principal: Principal, tokens: int) -> None:
         try:
-            await self.storage.refund(principal.name, principal.limits, tokens)
-        except StorageUnavailableError as exc:
+            await self.storage.refund(
+                principal.name, principal.limits, tokens, op_id=uuid.uuid4().hex
+            )
+        except (StorageUnavailableError, StorageFailedError) as exc:
             # Losing a refund only under-admits until the bucket refills: report, go on.
-            self._report("refund", exc)
+            self._report("refund", exc, failed_open=True)
 
-    def _report(self, operation: str, exc: Exception) -> None:
+    def _report(self, operation: str, exc: Exception, *, failed_open: bool) -> None:
         if self._on_storage_error is not None:
-            self._on_storage_error(operation, exc)
+            self._on_storage_error(operation, exc, failed_open)
         now = self._clock()
         # One line per request during an outage would flood the logs: at most one per period.
         if now - self._last_warning >= self._warn_every_s:
             self._last_warning = now
+            failing = "failing closed" if isinstance(exc, StorageFailedError) else None
             log.warning(
-                "rate-limit storage unavailable during %s (%s); failing %s",
+                "rate-limit storage %s during %s (%s); %s",
+                "failed" if failing else "unavailable",
                 operation,
                 exc,
-                self.fail_mode,
+                failing or f"failing {self.fail_mode}",
             )
 
     async def info(self, principal: Principal) -> dict[str, Any]:
@@ -226,11 +291,12 @@ class RateLimiter:
         Never includes a key or digest. ``remaining`` is None if the storage is down.
         """
         limits = principal.limits
-        try:
-            levels: Levels | None = await self.storage.peek(principal.name, limits)
-        except StorageUnavailableError as exc:
-            self._report("peek", exc)
-            levels = None
+        levels: Levels | None = None
+        if not limits.unlimited:
+            try:
+                levels = await self.storage.peek(principal.name, limits)
+            except (StorageUnavailableError, StorageFailedError) as exc:
+                self._report("peek", exc, failed_open=True)
         return info_payload(principal, levels, self.in_flight(principal.name))
 
     async def aclose(self) -> None:

@@ -12,8 +12,16 @@ Keys expire once both buckets would be full again (``PEXPIRE``): a missing key r
 full, so expiry loses nothing and idle keys cost no memory.
 
 The script is sent with ``EVALSHA`` and re-sent with ``SCRIPT LOAD`` on ``NOSCRIPT`` (after
-a Redis restart or ``SCRIPT FLUSH``) by redis-py's ``AsyncScript``. Any Redis error,
-refused connection or timeout leaves as :class:`StorageUnavailableError`.
+a Redis restart or ``SCRIPT FLUSH``) by redis-py's ``AsyncScript``.
+
+A charge or refund with an ``op_id`` records its result under a second key for 15 s;
+the same operation run again (redis-py retries once when a reply is lost, after the script
+may already have run) returns that result and changes nothing. The marker key hashes to the
+bucket key's slot (``{bucket key}:op:<id>``), so a cluster keeps both on one node.
+
+A refused connection or a timeout leaves as :class:`StorageUnavailableError` (fail open or
+closed, as configured); any other Redis error — an ACL without scripting, ``OOM``, a broken
+script — as :class:`StorageFailedError`, which always fails closed.
 """
 
 from __future__ import annotations
@@ -21,19 +29,30 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.auth.buckets import EPSILON, Levels, Limits
-from app.auth.storage import ChargeOutcome, StorageUnavailableError
+from app.auth.storage import ChargeOutcome, StorageFailedError, StorageUnavailableError
+
+_OUTAGES = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+# A retry follows a lost reply within a second; the marker need not outlive that by much.
+OP_MARKER_TTL_MS = 15_000
 
 # The maths of buckets.TokenBucket (refill, fits, take, give_back), line for line.
 # Numbers go out as strings: Redis turns Lua numbers into integers on return, and into
 # 14 significant digits when stored, which would round microsecond timestamps.
 BUCKETS_LUA = """
+if KEYS[2] then
+  local seen = redis.call('GET', KEYS[2])
+  if seen then return cjson.decode(seen) end
+end
 local op = ARGV[1]
 local rcap, rrate = tonumber(ARGV[2]), tonumber(ARGV[3])
 local tcap, trate = tonumber(ARGV[4]), tonumber(ARGV[5])
 local amount, eps = tonumber(ARGV[6]), tonumber(ARGV[7])
+local requests = tonumber(ARGV[8])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local saved = redis.call('HMGET', KEYS[1], 'r', 't', 'ts')
@@ -46,8 +65,8 @@ if saved[3] then
   now = math.max(now, last)
 end
 local admitted = 0
-if op == 'charge' and r + eps >= 1 and t + eps >= amount then
-  r = math.max(0, r - 1)
+if op == 'charge' and r + eps >= requests and t + eps >= amount then
+  r = math.max(0, r - requests)
   t = math.max(0, t - amount)
   admitted = 1
 elseif op == 'refund' then
@@ -59,7 +78,11 @@ if admitted == 1 or op == 'refund' then
     'ts', string.format('%.17g', now))
   redis.call('PEXPIRE', KEYS[1], math.ceil(full_in * 1000) + 1000)
 end
-return {admitted, string.format('%.17g', r), string.format('%.17g', t)}
+local result = {admitted, string.format('%.17g', r), string.format('%.17g', t)}
+if KEYS[2] then
+  redis.call('SET', KEYS[2], cjson.encode(result), 'PX', ARGV[9])
+end
+return result
 """
 
 
@@ -91,26 +114,40 @@ class RedisStorage:
         """The Redis key holding principal ``name``'s buckets."""
         return f"{self.prefix}:{name}"
 
-    async def charge(self, key: str, limits: Limits, tokens: int) -> ChargeOutcome:
-        admitted, levels = await self._run("charge", key, limits, tokens)
+    def op_key(self, name: str, op_id: str) -> str:
+        """The marker of one operation on principal ``name``'s buckets (same cluster slot)."""
+        return f"{{{self.key(name)}}}:op:{op_id}"
+
+    async def charge(
+        self, key: str, limits: Limits, tokens: int, *, requests: int = 1, op_id: str | None = None
+    ) -> ChargeOutcome:
+        admitted, levels = await self._run("charge", key, limits, tokens, requests, op_id)
         return ChargeOutcome(admitted, levels)
 
-    async def refund(self, key: str, limits: Limits, tokens: int) -> None:
-        await self._run("refund", key, limits, tokens)
+    async def refund(
+        self, key: str, limits: Limits, tokens: int, *, op_id: str | None = None
+    ) -> None:
+        await self._run("refund", key, limits, tokens, 0, op_id)
 
     async def peek(self, key: str, limits: Limits) -> Levels:
-        return (await self._run("peek", key, limits, 0))[1]
+        return (await self._run("peek", key, limits, 0, 0, None))[1]
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def _run(self, op: str, key: str, limits: Limits, amount: int) -> tuple[bool, Levels]:
-        requests, tokens = limits.requests, limits.tokens
-        args: list[str | float] = [op, requests.capacity, requests.refill_per_s]
-        args += [tokens.capacity, tokens.refill_per_s, amount, EPSILON]
+    async def _run(
+        self, op: str, key: str, limits: Limits, amount: int, requests: int, op_id: str | None
+    ) -> tuple[bool, Levels]:
+        bucket_r, bucket_t = limits.requests, limits.tokens
+        args: list[str | float] = [op, bucket_r.capacity, bucket_r.refill_per_s]
+        args += [bucket_t.capacity, bucket_t.refill_per_s, amount, EPSILON, requests]
+        args.append(OP_MARKER_TTL_MS)
+        keys = [self.key(key)] + ([self.op_key(key, op_id)] if op_id else [])
         try:
-            admitted, level_r, level_t = await self._script(keys=[self.key(key)], args=args)
-        except (TimeoutError, RedisError, OSError) as exc:
+            admitted, level_r, level_t = await self._script(keys=keys, args=args)
+        except _OUTAGES as exc:
             # redis-py's messages name host and port, never the URL's password.
             raise StorageUnavailableError(f"redis: {exc}") from exc
+        except RedisError as exc:
+            raise StorageFailedError(f"redis: {exc}") from exc
         return bool(admitted), Levels(float(level_r), float(level_t))

@@ -37,22 +37,20 @@ def format_duration(seconds: float) -> str:
 
 
 def rate_limit_headers(limits: Limits, levels: Levels | None) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*`` headers; only the ``limit`` pair when levels are unknown
-    (storage down and failing open)."""
-    headers = {
-        "x-ratelimit-limit-requests": str(limits.rpm),
-        "x-ratelimit-limit-tokens": str(limits.tpm),
-    }
-    if levels is None:
-        return headers
-    return headers | {
-        "x-ratelimit-remaining-requests": str(_whole(levels.requests)),
-        "x-ratelimit-remaining-tokens": str(_whole(levels.tokens)),
-        "x-ratelimit-reset-requests": format_duration(
-            limits.requests.time_to_full(levels.requests)
-        ),
-        "x-ratelimit-reset-tokens": format_duration(limits.tokens.time_to_full(levels.tokens)),
-    }
+    """OpenAI's ``x-ratelimit-*`` headers for the buckets this key has (an unset limit has
+    none); only the ``limit`` pair when levels are unknown (storage down, failing open)."""
+    headers: dict[str, str] = {}
+    for bucket, limit, level, spec in (
+        ("requests", limits.rpm, levels and levels.requests, limits.requests),
+        ("tokens", limits.tpm, levels and levels.tokens, limits.tokens),
+    ):
+        if limit is None:
+            continue
+        headers[f"x-ratelimit-limit-{bucket}"] = str(limit)
+        if levels is not None:
+            headers[f"x-ratelimit-remaining-{bucket}"] = str(_whole(level or 0.0))
+            headers[f"x-ratelimit-reset-{bucket}"] = format_duration(spec.time_to_full(level or 0))
+    return headers
 
 
 def _whole(level: float) -> int:
@@ -102,17 +100,23 @@ def _remaining(limits: Limits, levels: Levels | None) -> dict[str, Any] | None:
         return None
     headers = rate_limit_headers(limits, levels)
     return {
-        "requests": int(headers["x-ratelimit-remaining-requests"]),
-        "tokens": int(headers["x-ratelimit-remaining-tokens"]),
-        "reset_requests": headers["x-ratelimit-reset-requests"],
-        "reset_tokens": headers["x-ratelimit-reset-tokens"],
+        "requests": _optional_int(headers.get("x-ratelimit-remaining-requests")),
+        "tokens": _optional_int(headers.get("x-ratelimit-remaining-tokens")),
+        "reset_requests": headers.get("x-ratelimit-reset-requests"),
+        "reset_tokens": headers.get("x-ratelimit-reset-tokens"),
     }
 
 
-def bucket_exceeded(principal: Principal, tokens: int, levels: Levels) -> RateLimitExceededError:
+def _optional_int(value: str | None) -> int | None:
+    return int(value) if value is not None else None
+
+
+def bucket_exceeded(
+    principal: Principal, tokens: int, levels: Levels, requests: int = 1
+) -> RateLimitExceededError:
     """429 naming the bucket that runs out (OpenAI's wording), ``retry_after`` exact."""
     limits = principal.limits
-    wait_requests = limits.requests.wait_for(levels.requests, 1)
+    wait_requests = limits.requests.wait_for(levels.requests, requests)
     wait_tokens = limits.tokens.wait_for(levels.tokens, tokens)
     if wait_tokens >= wait_requests:
         which = f"tokens per min (TPM): Limit {limits.tpm}, Remaining {_whole(levels.tokens)}"
@@ -151,7 +155,7 @@ def info_payload(principal: Principal, levels: Levels | None, in_flight: int) ->
         "limits": {
             "requests_per_minute": limits.rpm,
             "tokens_per_minute": limits.tpm,
-            "request_burst": int(limits.requests.capacity),
+            "request_burst": int(limits.requests.capacity) if limits.rpm is not None else None,
             "max_concurrent_requests": limits.concurrency,
         },
         "remaining": _remaining(limits, levels),

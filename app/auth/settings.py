@@ -39,6 +39,9 @@ class AuthSettings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None, validate_default=True, description="YAML file of hashed keys."
     )
+    api_keys_reload_s: float = Field(
+        default=10.0, ge=0, description="How often API_KEYS_FILE is checked for changes; 0: never."
+    )
     admin_routes_require_key: bool = Field(
         default=True,
         description="With auth on: admin routes need a key with admin: true (false: no key).",
@@ -57,12 +60,29 @@ class AuthSettings(BaseSettings):
 
     @property
     def default_limits(self) -> Limits:
-        """Limits of keys that set none, and of the anonymous caller when auth is off."""
+        """Limits of keys that set none of their own."""
         return Limits(
             rpm=self.rate_limit_rpm,
             tpm=self.rate_limit_tpm,
             burst=self.rate_limit_burst,
             concurrency=self.rate_limit_concurrency,
+        )
+
+    @property
+    def anonymous_limits(self) -> Limits:
+        """Limits of the one anonymous caller when auth is off: only those the operator set.
+
+        Without keys every client is the same caller, so default per-key limits would make
+        them share one small bucket; admission control still protects the engine.
+        """
+        configured = self.model_fields_set
+        return Limits(
+            rpm=self.rate_limit_rpm if "rate_limit_rpm" in configured else None,
+            tpm=self.rate_limit_tpm if "rate_limit_tpm" in configured else None,
+            burst=self.rate_limit_burst if "rate_limit_burst" in configured else None,
+            concurrency=(
+                self.rate_limit_concurrency if "rate_limit_concurrency" in configured else None
+            ),
         )
 
     def plain_keys(self) -> list[str]:

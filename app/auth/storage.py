@@ -1,9 +1,15 @@
 """Where rate-limit state lives: the storage protocol and the in-process storage.
 
 A storage keeps, per key, the levels of a request bucket and a token bucket (maths in
-``buckets.py``). Every call is atomic for its key; a storage that cannot reach its state
-raises :class:`StorageUnavailableError`, and the limiter decides whether to fail open or
-closed. ``RedisStorage`` (``redis_storage.py``) is the shared implementation.
+``buckets.py``). Every call is atomic for its key. A storage that cannot reach its state
+(connection refused, timed out) raises :class:`StorageUnavailableError`, and the limiter
+fails open or closed as configured; one that answers with an error (a refused command, a
+full memory, a broken script) raises :class:`StorageFailedError`, which always fails
+closed: it is a misconfiguration, not an outage. ``RedisStorage`` (``redis_storage.py``)
+is the shared implementation.
+
+A charge or refund may carry an ``op_id``: a storage that retries a call (Redis, after a
+lost reply) applies an operation with the same id once.
 """
 
 from __future__ import annotations
@@ -19,7 +25,11 @@ Clock = Callable[[], float]
 
 
 class StorageUnavailableError(Exception):
-    """The rate-limit state cannot be read or written (Redis down, slow or refusing)."""
+    """The rate-limit state cannot be reached (Redis down, or too slow to answer)."""
+
+
+class StorageFailedError(Exception):
+    """The storage answered, with an error (permissions, memory, script): never fail open."""
 
 
 @dataclass(frozen=True)
@@ -34,11 +44,15 @@ class RateLimitStorage(Protocol):
     """Where bucket levels live. Each call is atomic for its key; failures to reach the
     state raise :class:`StorageUnavailableError`."""
 
-    async def charge(self, key: str, limits: Limits, tokens: int) -> ChargeOutcome:
-        """Take 1 request and ``tokens`` tokens if both fit, else take nothing."""
+    async def charge(
+        self, key: str, limits: Limits, tokens: int, *, requests: int = 1, op_id: str | None = None
+    ) -> ChargeOutcome:
+        """Take ``requests`` requests and ``tokens`` tokens if both fit, else take nothing."""
         ...
 
-    async def refund(self, key: str, limits: Limits, tokens: int) -> None:
+    async def refund(
+        self, key: str, limits: Limits, tokens: int, *, op_id: str | None = None
+    ) -> None:
         """Give back ``tokens`` tokens (capped at the bucket's capacity)."""
         ...
 
@@ -78,18 +92,23 @@ class MemoryStorage:
             return limits.requests.full(now), limits.tokens.full(now)
         return limits.requests.at(entry[1], now), limits.tokens.at(entry[2], now)
 
-    async def charge(self, key: str, limits: Limits, tokens: int) -> ChargeOutcome:
+    async def charge(
+        self, key: str, limits: Limits, tokens: int, *, requests: int = 1, op_id: str | None = None
+    ) -> ChargeOutcome:
+        # One call, no retry: op_id has nothing to deduplicate here.
         now = self._clock()
         self._sweep(now)
-        requests, token_state = self._states(key, limits, now)
-        taken_requests, wait_requests = limits.requests.try_take(requests, 1, now)
+        request_state, token_state = self._states(key, limits, now)
+        taken_requests, wait_requests = limits.requests.try_take(request_state, requests, now)
         taken_tokens, wait_tokens = limits.tokens.try_take(token_state, tokens, now)
         if wait_requests or wait_tokens:
-            return ChargeOutcome(False, Levels(requests.level, token_state.level))
+            return ChargeOutcome(False, Levels(request_state.level, token_state.level))
         self._entries[key] = (limits, taken_requests, taken_tokens)
         return ChargeOutcome(True, Levels(taken_requests.level, taken_tokens.level))
 
-    async def refund(self, key: str, limits: Limits, tokens: int) -> None:
+    async def refund(
+        self, key: str, limits: Limits, tokens: int, *, op_id: str | None = None
+    ) -> None:
         now = self._clock()
         requests, token_state = self._states(key, limits, now)
         self._entries[key] = (limits, requests, limits.tokens.give_back(token_state, tokens, now))

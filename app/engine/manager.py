@@ -30,7 +30,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from app.engine.device import default_gpu_memory_utilization, detect_device
 from app.engine.protocol import DeviceInfo, EngineStep, ModelInfo, SamplingOptions
 from app.engine.settings import EngineSettings
-from app.engine.sizing import kv_bytes_per_token, kv_cache_bytes, single_process_worker
+from app.engine.tuning import cpu_engine_env, kv_bytes_per_token, kv_cache_bytes
 from app.engine.vllm_adapter import to_engine_step, to_sampling_params
 from app.errors import (
     EngineUnavailableError,
@@ -80,9 +80,8 @@ class EngineManager:
         args = self._engine_args(source)
         device = detect_device()
         world_size = args.tensor_parallel_size * args.pipeline_parallel_size
-        if single_process_worker(device.kind, world_size):
-            # Read by vLLM's CPU platform while it builds the config (see sizing.py).
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # Read by vLLM's CPU platform while it builds the config (see tuning.py).
+        os.environ.update(cpu_engine_env(device.kind, world_size, bool(args.enforce_eager)))
         config = args.create_engine_config()
         kv_bytes = kv_cache_bytes(
             explicit_gb=self._settings.kv_cache_gb,

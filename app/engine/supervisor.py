@@ -45,6 +45,7 @@ class SupervisedEngine(Protocol):
     is_dead: bool
     model_info: ModelInfo
     device_info: DeviceInfo
+    last_progress_at: float
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -114,7 +115,8 @@ class EngineSupervisor:
     def _failure_reason(self) -> str | None:
         if self._engine.is_dead:
             return "engine dead"
-        self._watchdog.note_busy(self._engine.num_unfinished_requests())
+        engine = self._engine
+        self._watchdog.observe(engine.num_unfinished_requests(), engine.last_progress_at)
         if self._watchdog.stalled():
             return f"engine stalled: no token for {self._watchdog.silent_for():.0f}s while busy"
         return None
@@ -173,24 +175,24 @@ class EngineSupervisor:
     async def abort(self, request_id: str) -> None:
         await self._engine.abort(request_id)
 
-    async def generate(
+    @property
+    def last_progress_at(self) -> float:
+        return float(self._engine.last_progress_at)
+
+    def generate(
         self,
         prompt_token_ids: list[int],
         options: SamplingOptions,
         request_id: str,
         priority: int = 0,
     ) -> AsyncIterator[EngineStep]:
-        """Delegate, noting progress for stall detection."""
+        """The current engine's stream (no wrapper on the per-token path): stall detection
+        reads the engine's own heartbeat."""
         if not self.is_ready:
             raise EngineUnavailableError(
                 "The engine is restarting.", retry_after=RESTART_RETRY_AFTER_S
             )
-        watchdog = self._watchdog
-        watchdog.note_busy(self._engine.num_unfinished_requests() + 1)
-        stream = self._engine.generate(prompt_token_ids, options, request_id, priority)
-        try:
-            async for step in stream:
-                watchdog.note_progress()
-                yield step
-        finally:
-            await stream.aclose()
+        stream: AsyncIterator[EngineStep] = self._engine.generate(
+            prompt_token_ids, options, request_id, priority
+        )
+        return stream

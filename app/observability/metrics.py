@@ -40,6 +40,7 @@ QUEUE_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 
 SHED_REASONS = ("queue_full", "queue_timeout", "overloaded", "draining")
 RATE_LIMITS = ("requests", "tokens", "concurrency")
+RATE_LIMIT_OPERATIONS = ("charge", "refund", "peek")
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 _cache: weakref.WeakKeyDictionary[CollectorRegistry, GatewayMetrics] = weakref.WeakKeyDictionary()
@@ -136,6 +137,15 @@ class GatewayMetrics:
         self.rate_limited = Counter(
             "gateway_rate_limited", "Rate-limit rejections.", ["key", "limit"], registry=r
         )
+        self.rate_limit_fail_open = Counter(
+            "gateway_rate_limit_fail_open",
+            "Requests served without charging (or refunds lost) because the rate-limit "
+            "storage was unreachable.",
+            ["operation"],
+            registry=r,
+        )
+        for operation in RATE_LIMIT_OPERATIONS:
+            self.rate_limit_fail_open.labels(operation)
         for reason in SHED_REASONS:  # so rate() sees a 0 before the first event
             self.shed.labels(reason)
 
@@ -213,6 +223,10 @@ class GatewayMetrics:
         if limit not in RATE_LIMITS:
             raise ValueError(f"unknown limit {limit!r}; expected one of {RATE_LIMITS}")
         self.rate_limited.labels(key_name, limit).inc()
+
+    def rate_limit_failed_open(self, operation: str) -> None:
+        """Rate limiting failed open for ``operation`` (one of :data:`RATE_LIMIT_OPERATIONS`)."""
+        self.rate_limit_fail_open.labels(operation).inc()
 
     def breaker_changed(self, from_state: str, to_state: str) -> None:
         """A breaker transition (pybreaker names: ``closed``, ``half-open``, ``open``)."""

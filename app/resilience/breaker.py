@@ -235,6 +235,11 @@ class EngineBreaker:
             rejected_total=self._rejected_total,
         )
 
+    def health(self) -> dict[str, Any]:
+        """A ``/health/detailed`` component: ok closed, degraded half-open, down open."""
+        status = {CLOSED: "ok", HALF_OPEN: "degraded"}.get(self.state, "down")
+        return {**self.stats().as_dict(), "status": status}
+
     def _unavailable(self, retry_after: float) -> EngineUnavailableError:
         self._rejected_total += 1
         return EngineUnavailableError(

@@ -29,7 +29,8 @@ class Deadline:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.clock = clock or LoopClock()
         self.timeout_s = timeout_s
-        self.at = self.clock.now() + timeout_s
+        self.started_at = self.clock.now()
+        self.at = self.started_at + timeout_s
         # A client's own short ``timeout`` expiring says nothing about the engine's health.
         self.client_chosen = False
 
@@ -41,12 +42,26 @@ class Deadline:
 
         Raises :class:`InvalidRequestError` (400, ``param="timeout"``) for a non-positive value.
         """
-        if requested_s is not None and requested_s <= 0:
-            message = "timeout must be a positive number of seconds."
-            raise InvalidRequestError(message, param="timeout")
-        deadline = cls(min(requested_s or limit_s, limit_s), clock)
-        deadline.client_chosen = requested_s is not None and requested_s < limit_s
+        deadline = cls(limit_s, clock)
+        deadline.narrow(requested_s)
         return deadline
+
+    def narrow(self, requested_s: float | None) -> None:
+        """Bring the deadline forward to ``requested_s`` after its start (a client's own
+        ``timeout``) when that is sooner; a later one changes nothing.
+
+        Raises :class:`InvalidRequestError` (400, ``param="timeout"``) for a non-positive value.
+        A guard already armed keeps its timer: close it so its next wait re-arms.
+        """
+        if requested_s is None:
+            return
+        if requested_s <= 0:
+            raise InvalidRequestError(
+                "timeout must be a positive number of seconds.", param="timeout"
+            )
+        if self.started_at + requested_s < self.at:
+            self.at, self.timeout_s = self.started_at + requested_s, requested_s
+            self.client_chosen = True
 
     def remaining(self) -> float:
         """Seconds left, never negative."""

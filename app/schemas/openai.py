@@ -7,7 +7,7 @@ request model builds the engine-neutral :class:`SamplingOptions` itself.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -15,6 +15,11 @@ from app.engine.protocol import SamplingOptions
 from app.errors import InvalidRequestError
 
 MAX_STOP_SEQUENCES = 4
+# Strings a client sends that end up in logs, error messages and the engine: bounded, so no
+# field can carry megabytes (an unknown 10 kB model name would be echoed in its 404).
+MAX_MODEL_CHARS = 256
+MAX_STOP_CHARS = 256
+MAX_USER_CHARS = 256
 # vLLM serialises sampling params as 64-bit integers; larger values fail inside the engine.
 MAX_INT64 = 2**63 - 1
 # vLLM samples greedily below this temperature, and then allows only n=1.
@@ -83,7 +88,7 @@ class ResponseFormat(_Request):
 class _SamplingRequest(_Request):
     """Fields shared by chat and completions (OpenAI's, then vLLM's common extras)."""
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_CHARS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=128)
@@ -91,7 +96,7 @@ class _SamplingRequest(_Request):
     seed: int | None = Field(default=None, ge=-(2**63), le=MAX_INT64)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=MAX_USER_CHARS)
     stream: bool = False
     stream_options: StreamOptions | None = None
     top_k: int | None = Field(default=None, ge=-1, le=MAX_INT64)
@@ -109,6 +114,8 @@ class _SamplingRequest(_Request):
         items = [value] if isinstance(value, str) else value or []
         if any(item == "" for item in items):
             raise ValueError("stop sequences must not be empty strings")
+        if any(len(item) > MAX_STOP_CHARS for item in items):
+            raise ValueError(f"stop sequences must be at most {MAX_STOP_CHARS} characters")
         return value
 
     @property
@@ -167,6 +174,12 @@ class ChatCompletionRequest(_SamplingRequest):
         """``max_completion_tokens`` supersedes the deprecated ``max_tokens``."""
         return self.max_completion_tokens or self.max_tokens
 
+    def logprob_entries(self, max_tokens: int) -> int:
+        """Logprob entries a non-streamed answer would hold: (top + the chosen) per token."""
+        if not self.logprobs:
+            return 0
+        return self.n * max_tokens * ((self.top_logprobs or 0) + 1)
+
     def chat_messages(self) -> list[dict[str, str]]:
         # "developer" is OpenAI's new name for "system"; templates know only the latter.
         return [
@@ -214,6 +227,15 @@ class CompletionRequest(_SamplingRequest):
             raise ValueError(f"token ids must be between 0 and {MAX_TOKEN_ID}")
         return value
 
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def logprob_entries(self, max_tokens: int) -> int:
+        if self.logprobs is None:
+            return 0
+        return self.n * max_tokens * (self.logprobs + 1)
+
     def prompts(self) -> list[str | list[int]]:
         """The prompt field as a list of prompts, each text or token ids."""
         prompt = self.prompt
@@ -236,9 +258,17 @@ class SimpleGenerateRequest(_Request):
     )
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    model: str | None = None
+    model: str | None = Field(default=None, max_length=MAX_MODEL_CHARS)
     priority: int | None = Field(default=None, ge=0, le=10)
     timeout: float | None = Field(default=None, gt=0)
+    n: ClassVar[int] = 1
+
+    @property
+    def requested_max_tokens(self) -> int:
+        return self.max_tokens
+
+    def logprob_entries(self, max_tokens: int) -> int:
+        return 0
 
     def to_sampling_options(self, max_tokens: int) -> SamplingOptions:
         return SamplingOptions(

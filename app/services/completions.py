@@ -1,91 +1,103 @@
-"""Legacy completions: a list of prompts, ``n`` choices each, indexed ``prompt * n + i``."""
+"""``/v1/completions`` on the pipeline: a list of prompts, ``n`` choices each, indexed
+``prompt * n + i``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
+from typing import Any
 
-from app.errors import GatewayError, error_sse_event
+from app.config import ServerSettings
+from app.engine.protocol import EngineStep
+from app.errors import InvalidRequestError
 from app.schemas.openai import CompletionRequest
 from app.services import formatting as fmt
-from app.services.cancellation import DisconnectWaiter
-from app.services.generation import Caller, GenerationService, JobResult, OpenStream, Reply, leased
-from app.services.lease import RequestLease
+from app.services.chat import check_n
+from app.services.endpoint import Chunk, Decode, Job, JobResult, Prompt, TextPrompt, TokenPrompt
+
+OBJECT = "text_completion"
 
 
-async def completion(
-    service: GenerationService,
-    caller: Caller,
-    req: CompletionRequest,
-    disconnected: DisconnectWaiter,
-) -> Reply:
-    """Validate, admit and run a completions request (one lease for all its prompts)."""
-    model = service.check_model(req.model, caller.principal)
-    prompts = req.prompts()
-    service.check_n(req.n, len(prompts))
-    head = service.head("cmpl", model)
-    jobs, echoes = [], []
-    for i, prompt in enumerate(prompts):
-        ids = await service.encode_prompt(prompt) if isinstance(prompt, str) else prompt
-        rid = f"{head.id}-{i}"
-        jobs.append(service.prepare(rid, ids, req.max_tokens, req.to_sampling_options, "prompt"))
-        echoes.append(_echo(service, req, prompt))
-    lease = await service.admit(caller, jobs, model, req.priority, req.timeout)
-    headers = lease.charge.headers()
-    if req.stream:
-        streams = await service.open_streams(jobs, lease)
-        return Reply(headers, events=_events(head, streams, lease, req, echoes))
-    results = await service.collect(jobs, lease, disconnected)
-    return Reply(headers, body=_body(head, results, req, echoes))
+class CompletionEndpoint:
+    request_model = CompletionRequest
+    id_prefix = "cmpl"
+    prompt_param = "prompt"
+
+    def precheck(self, data: Mapping[str, Any], server: ServerSettings) -> None:
+        prompt, limit = data.get("prompt"), server.max_prompts_per_request
+        if not isinstance(prompt, list) or not prompt or isinstance(prompt[0], int):
+            return  # one prompt: text, or a list of token ids
+        if len(prompt) > limit:
+            raise InvalidRequestError(f"At most {limit} prompts per request.", param="prompt")
+
+    def streams(self, req: CompletionRequest) -> bool:
+        return req.stream
+
+    def prompts(self, req: CompletionRequest, server: ServerSettings) -> list[Prompt]:
+        check_n(req.n, server)
+        return [
+            TextPrompt(prompt) if isinstance(prompt, str) else TokenPrompt(prompt)
+            for prompt in req.prompts()
+        ]
+
+    def body(
+        self,
+        head: fmt.ResponseHead,
+        req: CompletionRequest,
+        results: list[JobResult],
+        decode: Decode,
+    ) -> Chunk:
+        echoes = [_echo(req, result.job, decode) for result in results]
+        choices, prefixes = [], []
+        for p, result in enumerate(results):
+            for choice in result.choices:
+                choice.index = p * req.n + choice.index
+                choices.append(choice)
+                prefixes.append(echoes[p])
+        prompt_tokens = sum(r.prompt_tokens for r in results)
+        return fmt.completion(head, choices, prompt_tokens, req.logprobs is not None, prefixes)
+
+    def formatter(
+        self, head: fmt.ResponseHead, req: CompletionRequest, jobs: list[Job], decode: Decode
+    ) -> CompletionStream:
+        return CompletionStream(head, req, [_echo(req, job, decode) for job in jobs])
 
 
-def _echo(service: GenerationService, req: CompletionRequest, prompt: str | list[int]) -> str:
+def _echo(req: CompletionRequest, job: Job, decode: Decode) -> str:
     if not req.echo:
         return ""
-    return prompt if isinstance(prompt, str) else service.engine.decode(prompt)
+    prompt = job.prompt
+    return prompt.text if isinstance(prompt, TextPrompt) else decode(job.prompt_ids)
 
 
-def _body(
-    head: fmt.ResponseHead, results: list[JobResult], req: CompletionRequest, echoes: list[str]
-) -> dict:
-    choices, prefixes = [], []
-    for p, result in enumerate(results):
-        for choice in result.choices:
-            choice.index = p * req.n + choice.index
-            choices.append(choice)
-            prefixes.append(echoes[p])
-    prompt_tokens = sum(r.prompt_tokens for r in results)
-    return fmt.completion(head, choices, prompt_tokens, req.logprobs is not None, prefixes)
+class CompletionStream:
+    """A chunk per choice that advanced, its echo first; text offsets for logprobs."""
 
+    __slots__ = ("echoes", "head", "include_usage", "logprobs", "n", "offsets")
 
-async def _events(
-    head: fmt.ResponseHead,
-    streams: list[OpenStream],
-    lease: RequestLease,
-    req: CompletionRequest,
-    echoes: list[str],
-) -> AsyncIterator[bytes]:
-    offsets: dict[int, int] = {}
-    try:
-        async for p, step in leased(streams, lease):
-            for delta in step.choices:
-                index = p * req.n + delta.index
-                prefix = echoes[p] if index not in offsets else ""
-                offset = offsets.get(index, 0) + len(prefix)
-                offsets[index] = offset + len(delta.text)
-                logprobs = (
-                    fmt.completion_logprobs(delta.logprobs, offset)
-                    if req.logprobs is not None
-                    else None
+    def __init__(self, head: fmt.ResponseHead, req: CompletionRequest, echoes: list[str]):
+        self.head, self.n, self.echoes = head, req.n, echoes
+        self.logprobs, self.include_usage = req.logprobs is not None, req.include_usage
+        self.offsets: dict[int, int] = {}
+
+    def opening(self) -> list[Chunk]:
+        return []
+
+    def step(self, p: int, step: EngineStep) -> list[Chunk]:
+        chunks = []
+        for delta in step.choices:
+            index = p * self.n + delta.index
+            prefix = self.echoes[p] if index not in self.offsets else ""
+            offset = self.offsets.get(index, 0) + len(prefix)
+            self.offsets[index] = offset + len(delta.text)
+            logprobs = fmt.completion_logprobs(delta.logprobs, offset) if self.logprobs else None
+            chunks.append(
+                fmt.completion_chunk(
+                    self.head, index, prefix + delta.text, delta.finish_reason, logprobs
                 )
-                chunk = fmt.completion_chunk(
-                    head, index, prefix + delta.text, delta.finish_reason, logprobs
-                )
-                yield fmt.sse(chunk)
-        if req.include_usage:
-            usage = fmt.usage_chunk(
-                head, "text_completion", lease.prompt_tokens, lease.completion_tokens
             )
-            yield fmt.sse(usage)
-    except GatewayError as exc:
-        yield error_sse_event(exc)
-    yield fmt.SSE_DONE
+        return chunks
+
+    def closing(self, prompt_tokens: int, completion_tokens: int) -> list[Chunk]:
+        if not self.include_usage:
+            return []
+        return [fmt.usage_chunk(self.head, OBJECT, prompt_tokens, completion_tokens)]

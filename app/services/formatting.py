@@ -1,4 +1,4 @@
-"""OpenAI response bodies and SSE chunks, built as plain dicts and serialised with orjson.
+"""OpenAI response bodies and stream chunks, built as plain dicts (``app.api.sse`` frames them).
 
 Streaming formatters run once per token, so they build the smallest dict the spec allows
 and never round-trip through pydantic.
@@ -10,15 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from app.engine.protocol import ChoiceDelta, TokenLogprob
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 @dataclass(slots=True)

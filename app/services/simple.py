@@ -1,53 +1,72 @@
-"""The seed project's simple endpoints: ``/v1/generate`` (JSON) and ``/v1/stream`` (SSE)."""
+"""The seed project's simple endpoints on the pipeline: ``/v1/generate`` (JSON) and
+``/v1/stream`` (SSE ``data: {"id", "text", "finish_reason"}`` events)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
+from typing import Any
 
-from app.errors import GatewayError, error_sse_event
+from app.config import ServerSettings
+from app.engine.protocol import EngineStep
 from app.schemas.openai import SimpleGenerateRequest
 from app.services import formatting as fmt
-from app.services.cancellation import DisconnectWaiter
-from app.services.generation import Caller, GenerationService, OpenStream, Reply, leased
-from app.services.lease import RequestLease
+from app.services.endpoint import Chunk, Decode, Job, JobResult, Prompt, TextPrompt
 
 
-async def simple_generation(
-    service: GenerationService,
-    caller: Caller,
-    req: SimpleGenerateRequest,
-    disconnected: DisconnectWaiter,
-    stream: bool,
-) -> Reply:
-    model = service.check_model(req.model, caller.principal)
-    head = service.head("gen", model)
-    ids = await service.encode_prompt(req.prompt)
-    job = service.prepare(head.id, ids, req.max_tokens, req.to_sampling_options, "prompt")
-    lease = await service.admit(caller, [job], model, req.priority, req.timeout)
-    headers = lease.charge.headers()
-    if stream:
-        (steps,) = await service.open_streams([job], lease)
-        return Reply(headers, events=_events(head, steps, lease))
-    (result,) = await service.collect([job], lease, disconnected)
-    choice = result.choices[0]
-    body = {
-        "id": head.id,
-        "model": head.model,
-        "text": choice.text,
-        "finish_reason": choice.finish_reason or "stop",
-        "usage": fmt.usage(result.prompt_tokens, choice.num_tokens),
-    }
-    return Reply(headers, body=body)
+class SimpleEndpoint:
+    request_model = SimpleGenerateRequest
+    id_prefix = "gen"
+    prompt_param = "prompt"
+
+    def __init__(self, stream: bool) -> None:
+        self.stream = stream
+
+    def precheck(self, data: Mapping[str, Any], server: ServerSettings) -> None:
+        return None
+
+    def streams(self, req: SimpleGenerateRequest) -> bool:
+        return self.stream
+
+    def prompts(self, req: SimpleGenerateRequest, server: ServerSettings) -> list[Prompt]:
+        return [TextPrompt(req.prompt)]
+
+    def body(
+        self,
+        head: fmt.ResponseHead,
+        req: SimpleGenerateRequest,
+        results: list[JobResult],
+        decode: Decode,
+    ) -> Chunk:
+        (result,) = results
+        choice = result.choices[0]
+        return {
+            "id": head.id,
+            "model": head.model,
+            "text": choice.text,
+            "finish_reason": choice.finish_reason or "stop",
+            "usage": fmt.usage(result.prompt_tokens, choice.num_tokens),
+        }
+
+    def formatter(
+        self, head: fmt.ResponseHead, req: SimpleGenerateRequest, jobs: list[Job], decode: Decode
+    ) -> SimpleStream:
+        return SimpleStream(head)
 
 
-async def _events(
-    head: fmt.ResponseHead, steps: OpenStream, lease: RequestLease
-) -> AsyncIterator[bytes]:
-    try:
-        async for _, step in leased([steps], lease):
-            for delta in step.choices:
-                event = {"id": head.id, "text": delta.text, "finish_reason": delta.finish_reason}
-                yield fmt.sse(event)
-    except GatewayError as exc:
-        yield error_sse_event(exc)
-    yield fmt.SSE_DONE
+class SimpleStream:
+    __slots__ = ("head",)
+
+    def __init__(self, head: fmt.ResponseHead) -> None:
+        self.head = head
+
+    def opening(self) -> list[Chunk]:
+        return []
+
+    def step(self, index: int, step: EngineStep) -> list[Chunk]:
+        return [
+            {"id": self.head.id, "text": d.text, "finish_reason": d.finish_reason}
+            for d in step.choices
+        ]
+
+    def closing(self, prompt_tokens: int, completion_tokens: int) -> list[Chunk]:
+        return []

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from app.engine.protocol import EngineStep
 
 T = TypeVar("T")
 
@@ -44,3 +47,21 @@ async def _pump(index: int, stream: AsyncIterator[T], queue: asyncio.Queue) -> N
         raise
     except Exception as exc:
         await queue.put((index, exc))
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """An engine stream whose first step has already arrived."""
+
+    first: EngineStep
+    rest: AsyncIterator[EngineStep]
+
+
+async def prepend(opened: OpenStream) -> AsyncIterator[EngineStep]:
+    """The opened stream again from its first step (for merging several)."""
+    try:
+        yield opened.first
+        async for step in opened.rest:
+            yield step
+    finally:
+        await opened.rest.aclose()  # type: ignore[attr-defined]

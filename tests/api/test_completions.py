@@ -5,7 +5,7 @@ from __future__ import annotations
 from openai import OpenAI
 
 from app.engine.manager import EngineManager
-from app.services.generation import TOKENIZE_IN_THREAD_CHARS
+from app.services.pipeline import OFFLOAD_BODY_BYTES
 from tests.support.spec import validate, validate_completion_chunk
 
 
@@ -102,17 +102,22 @@ def test_completion_stream_multiple_prompts(client: OpenAI, model_id: str) -> No
     assert finished == {0, 1, 2}
 
 
-def test_long_prompts_are_tokenized_off_the_loop_and_counted(
+def test_large_bodies_are_parsed_and_tokenized_off_the_loop_and_counted(
     client: OpenAI, model_id: str, engine: EngineManager
 ) -> None:
-    """Prompts past TOKENIZE_IN_THREAD_CHARS take the worker-thread path, with the same
-    token counts and answers as on the loop, for completions and chat alike."""
-    prompt = " Rumpelstiltskin" * (TOKENIZE_IN_THREAD_CHARS // 16 + 4)
-    assert len(prompt) >= TOKENIZE_IN_THREAD_CHARS
-    reply = client.completions.create(model=model_id, prompt=prompt, max_tokens=2)
+    """Bodies past OFFLOAD_BODY_BYTES (here padded with an ignored field) are parsed and
+    tokenized in a worker thread, with the same token counts as on the loop, for
+    completions and chat alike."""
+    prompt = " Rumpelstiltskin" * 40
+    padding = {"ignored_padding": "x" * OFFLOAD_BODY_BYTES}
+    reply = client.completions.create(
+        model=model_id, prompt=prompt, max_tokens=2, extra_body=padding
+    )
     assert reply.usage is not None
     assert reply.usage.prompt_tokens == len(engine.encode_prompt(prompt))
     messages = [{"role": "user", "content": prompt}]
-    chat = client.chat.completions.create(model=model_id, messages=messages, max_tokens=2)
+    chat = client.chat.completions.create(
+        model=model_id, messages=messages, max_tokens=2, extra_body=padding  # type: ignore[arg-type]
+    )
     assert chat.usage is not None
     assert chat.usage.prompt_tokens == len(engine.encode_chat(messages))

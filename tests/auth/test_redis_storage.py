@@ -17,6 +17,7 @@ from app.auth.redis_storage import RedisStorage
 from app.auth.storage import StorageUnavailableError
 from app.errors import RateLimitError, ServiceUnavailableError
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.tcp_proxy import ReplyDroppingProxy
 
 
 def replica(url: str, **options: object) -> RateLimiter:
@@ -146,7 +147,9 @@ def test_fail_open_admits_uncharged_and_reports(
     failures: list[tuple[str, Exception]] = []
 
     async def scenario() -> None:
-        limiter = replica(private_redis.url, on_storage_error=lambda *f: failures.append(f))
+        limiter = replica(
+            private_redis.url, on_storage_error=lambda op, exc, _: failures.append((op, exc))
+        )
         private_redis.stop()
         for _ in range(2):
             charge = await limiter.charge(alice, 100)
@@ -189,7 +192,7 @@ def test_refund_during_outage_is_reported_not_raised(private_redis: RedisServer)
     failures: list[str] = []
 
     async def scenario() -> None:
-        limiter = replica(private_redis.url, on_storage_error=lambda op, _: failures.append(op))
+        limiter = replica(private_redis.url, on_storage_error=lambda op, _, __: failures.append(op))
         charge = await limiter.charge(alice, 500)
         private_redis.stop()
         await charge.settle(0)
@@ -226,3 +229,62 @@ def test_info_shows_no_budget_while_redis_is_down(private_redis: RedisServer) ->
         return info["remaining"]
 
     assert asyncio.run(scenario()) is None
+
+
+def test_errors_other_than_an_outage_fail_closed(redis_url: str) -> None:
+    """A Redis that answers but refuses the script (an ACL without scripting: NOPERM) is a
+    misconfiguration, not an outage: even in fail-open mode the request is refused with 503
+    ``rate_limiter_failed`` instead of being admitted uncharged."""
+    alice = Principal("alice", Limits(rpm=60, tpm=1000))
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "noscript", "on", ">pw", "~*", "+@all", "-@scripting"
+        )
+    url = redis_url.replace("redis://", "redis://noscript:pw@")
+
+    async def scenario() -> ServiceUnavailableError:
+        limiter = replica(url, fail_mode="open")
+        with pytest.raises(ServiceUnavailableError) as refused:
+            await limiter.charge(alice, 10)
+        assert limiter.in_flight("alice") == 0
+        await limiter.aclose()
+        return refused.value
+
+    try:
+        error = asyncio.run(scenario())
+    finally:
+        with redis.Redis.from_url(redis_url) as admin:
+            admin.execute_command("ACL", "DELUSER", "noscript")
+    assert error.status == 503 and error.code == "rate_limiter_failed"
+
+
+def test_a_retried_charge_or_refund_applies_once(redis_server: RedisServer, redis_url: str) -> None:
+    """The reply to a charge is lost (the proxy drops it and the connection): redis-py's one
+    retry runs the script again, which recognises the operation and applies nothing twice.
+    The same for a refund."""
+    limits = Limits(rpm=60, tpm=1000)
+    proxy = ReplyDroppingProxy(redis_server.port)
+    storage = RedisStorage.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+    key = storage.key("k")
+
+    async def scenario() -> tuple[float, float]:
+        try:
+            await storage.peek("warm-up", limits)  # the script is loaded: EVALSHA from now on
+            proxy.drop_next_reply()
+            taken = await storage.charge("k", limits, 300, op_id="charge-1")
+            assert taken.admitted and proxy.dropped == 1
+            after_charge = float(direct.hget(key, "t") or 0)
+            proxy.drop_next_reply()
+            await storage.refund("k", limits, 200, op_id="refund-1")
+            assert proxy.dropped == 2
+            return after_charge, float(direct.hget(key, "t") or 0)
+        finally:
+            await storage.aclose()
+
+    with redis.Redis.from_url(redis_url) as direct:
+        try:
+            after_charge, after_refund = asyncio.run(scenario())
+        finally:
+            proxy.close()
+    assert after_charge == pytest.approx(700, abs=2)  # once, not 400
+    assert after_refund == pytest.approx(900, abs=2)  # once, not 1000 (capped) or 1100

@@ -438,7 +438,7 @@ def test_redis_down_failing_open_still_serves(
     with client, redis.Redis.from_url(private_redis.url) as store:
         charged = client.chat.completions.with_raw_response.create(**kwargs).headers
         assert "x-ratelimit-remaining-requests" in charged
-        assert store.keys("*") == [f"gateway:ratelimit:{PLAIN_NAME}".encode()]
+        assert store.keys("gateway:ratelimit:*") == [f"gateway:ratelimit:{PLAIN_NAME}".encode()]
         private_redis.stop()
         uncharged = client.chat.completions.with_raw_response.create(**kwargs)
         assert uncharged.http_response.status_code == 200
@@ -447,10 +447,10 @@ def test_redis_down_failing_open_still_serves(
         info = httpx.get(redis_gateway.url + "/auth/info", headers=bearer(PLAIN_KEY)).json()
         assert info["key"]["name"] == PLAIN_NAME and info["remaining"] is None
         private_redis.start()
-        assert store.keys("*") == []
+        assert store.keys("gateway:ratelimit:*") == []
         again = client.chat.completions.with_raw_response.create(**kwargs).headers
         assert "x-ratelimit-remaining-requests" in again
-        assert store.keys("*") == [f"gateway:ratelimit:{PLAIN_NAME}".encode()]
+        assert store.keys("gateway:ratelimit:*") == [f"gateway:ratelimit:{PLAIN_NAME}".encode()]
 
 
 @pytest.mark.parametrize("redis_gateway", ["closed"], indirect=True)

@@ -14,7 +14,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
-from app.errors import GatewayError, RateLimitError, error_response
+from app.api.errors import error_response
+from app.errors import GatewayError, RateLimitError
 from app.observability.context import current_request, record_error
 from app.observability.metrics import GatewayMetrics
 from app.observability.middleware import RequestContextMiddleware

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
@@ -17,13 +19,19 @@ from app.observability.settings import ObservabilitySettings
 
 
 def build_app(metrics: GatewayMetrics | None, engine_status: str = "ok") -> FastAPI:
-    """The router and middleware with the app.state attributes the router documents."""
+    """The router and middleware with only the parts of the gateway's state it reads."""
     app = FastAPI(version="9.9.9")
     registry = metrics.registry if metrics is not None else CollectorRegistry()
-    app.state.metrics = metrics
-    app.state.alerts = AlertEvaluator([registry], ObservabilitySettings(), clock=lambda: 5.0)
-    app.state.health = HealthReporter(version=app.version, model="tiny")
-    app.state.health.add("engine", {"status": engine_status})
+    health = HealthReporter(version=app.version, model="tiny")
+    health.add("engine", {"status": engine_status})
+    app.state.gateway = SimpleNamespace(
+        settings=SimpleNamespace(
+            observability=ObservabilitySettings(metrics_enabled=metrics is not None)
+        ),
+        metrics=metrics,
+        alerts=AlertEvaluator([registry], ObservabilitySettings(), clock=lambda: 5.0),
+        health=health,
+    )
     app.include_router(router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
@@ -48,7 +56,7 @@ def test_metrics_exposition(metrics: GatewayMetrics) -> None:
 
 
 def test_metrics_disabled_is_404() -> None:
-    """With app.state.metrics None (METRICS_ENABLED=false) /metrics answers 404."""
+    """With METRICS_ENABLED=false /metrics answers 404."""
     response = TestClient(build_app(None)).get("/metrics")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 

@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from app.errors import (
+    ClientDisconnectedError,
     EngineUnavailableError,
     GatewayError,
     GatewayTimeoutError,
@@ -24,7 +25,6 @@ from app.resilience.breaker import (
 )
 from app.resilience.errors import OverloadedError, QueueFullError, QueueTimeoutError
 from app.resilience.settings import ResilienceSettings
-from app.services.cancellation import ClientDisconnectedError
 from tests.resilience.manual_clock import ManualClock
 
 

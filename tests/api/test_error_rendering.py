@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 
+from app.api.errors import error_response, error_sse_event
 from app.errors import (
     AuthenticationError,
     ContextLengthExceededError,
     EngineUnavailableError,
     RateLimitError,
-    error_response,
-    error_sse_event,
 )
 from tests.support.spec import validate
 

@@ -1,4 +1,4 @@
-"""How much memory the KV cache gets, and how the engine's processes are laid out.
+"""How big the KV cache is, and how the CPU engine's processes are laid out and run.
 
 On a GPU, vLLM's own rule stands: a fraction of device memory (``GPU_MEMORY_UTILIZATION``).
 On CPU that rule sizes the cache from free RAM: 4.8 GiB (5 M tokens) for a 2-layer model
@@ -40,12 +40,21 @@ def kv_cache_bytes(
     return max(max_num_seqs * max_model_len * bytes_per_token, MIN_KV_CACHE_BYTES)
 
 
-def single_process_worker(device_kind: str, world_size: int) -> bool:
-    """Whether the model worker should run inside the engine-core process.
+def cpu_engine_env(device_kind: str, world_size: int, eager: bool) -> dict[str, str]:
+    """Environment for vLLM on CPU, set before its config is built (the core inherits it).
 
-    vLLM's CPU platform puts a lone worker in a process of its own (its "mp" executor),
-    which costs one more interpreter start (~10 s here) and ~0.5 GiB; GPUs with one worker
-    already share the core's process. ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` gives the CPU
-    the same layout (``AsyncLLM`` still runs the core in its own process).
+    - ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` with one worker: vLLM's CPU platform puts a lone
+      worker in a process of its own (its "mp" executor), which costs one more interpreter
+      start (~10 s here) and ~0.5 GiB; a GPU with one worker already shares the core's
+      process, and this gives the CPU the same layout (``AsyncLLM`` still runs the core in
+      its own process).
+    - ``TORCH_COMPILE_DISABLE=1`` in eager mode: vLLM still ``torch.compile``s small sampler
+      helpers, and the first request asking for logprobs waited ~2.7 s for inductor here
+      (long enough to look like a stalled engine). Eager, those helpers cost nothing.
     """
-    return device_kind == "cpu" and world_size == 1
+    if device_kind != "cpu":
+        return {}
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if world_size == 1 else {}
+    if eager:
+        env["TORCH_COMPILE_DISABLE"] = "1"
+    return env

@@ -1,4 +1,4 @@
-"""KV cache sizing and process layout (app/engine/sizing.py)."""
+"""KV cache sizing and the CPU engine's environment (app/engine/tuning.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from app.engine.sizing import (
+from app.engine.tuning import (
     GIB,
     MIN_KV_CACHE_BYTES,
+    cpu_engine_env,
     kv_bytes_per_token,
     kv_cache_bytes,
-    single_process_worker,
 )
 
 
@@ -69,8 +69,12 @@ def test_explicit_size_wins_on_any_device_and_gpu_keeps_vllms_rule() -> None:
     assert kv_cache_bytes(explicit_gb=None, device_kind="cuda", **common) is None
 
 
-def test_worker_shares_the_core_process_only_for_one_cpu_worker() -> None:
-    """One CPU worker runs in the engine-core process; several, or a GPU, keep vLLM's layout."""
-    assert single_process_worker("cpu", 1)
-    assert not single_process_worker("cpu", 2)
-    assert not single_process_worker("cuda", 1)
+def test_cpu_engine_env_keeps_one_worker_in_the_core_and_no_inductor_when_eager() -> None:
+    """One CPU worker runs in the engine-core process and eager mode compiles nothing;
+    several workers keep vLLM's layout; a GPU gets no change at all."""
+    assert cpu_engine_env("cpu", 1, eager=True) == {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "TORCH_COMPILE_DISABLE": "1",
+    }
+    assert cpu_engine_env("cpu", 2, eager=False) == {}
+    assert cpu_engine_env("cuda", 1, eager=True) == {}

@@ -1,0 +1,23 @@
+"""Shutdown state: once draining, readiness fails and admission refuses new work (503)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from app.resilience.queue import PriorityAdmission
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lifecycle:
+    admission: PriorityAdmission
+    grace_s: float
+    draining: bool = False
+
+    async def drain(self) -> bool:
+        """Stop admitting and wait up to the grace period for in-flight requests."""
+        self.draining = True
+        log.warning("draining", extra={"grace_s": self.grace_s})
+        return await self.admission.drain(self.grace_s)
