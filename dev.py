@@ -366,7 +366,10 @@ def build(args: argparse.Namespace | None = None) -> None:
 def promtool_rules(_: argparse.Namespace | None = None) -> None:
     """promtool check rules + test rules on alerts/ (CI's promtool job)."""
     ensure_system_packages()
-    sh("promtool", "check", "rules", "alerts/gateway-rules.yml")
+    rule_files = sorted(
+        str(path.relative_to(ROOT)) for path in (ROOT / "alerts").glob("*-rules.yml")
+    )
+    sh("promtool", "check", "rules", *rule_files)
     unit_tests = sorted((ROOT / "alerts" / "tests").glob("*.yml"))
     if unit_tests:
         sh("promtool", "test", "rules", *unit_tests)

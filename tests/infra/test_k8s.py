@@ -39,6 +39,7 @@ BUILTIN_KINDS = {
     "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy",
 }  # fmt: skip
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+RULE_FILES = (ROOT / "alerts" / "gateway-rules.yml", ROOT / "alerts" / "kubernetes-rules.yml")
 SECRET_EXAMPLE = K8S / "secrets" / "api-keys.example.yaml"
 
 DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"  # noqa: E501
@@ -470,13 +471,17 @@ def test_writable_paths_are_volumes(rendered):
     assert gpu_cache["model-cache"]["emptyDir"]["sizeLimit"] == "100Gi"
 
 
+def rule_groups() -> list[dict[str, Any]]:
+    return [group for path in RULE_FILES for group in load_yaml(path)["groups"]]
+
+
 def test_prometheusrule_equals_the_generated_one():
     """The committed PrometheusRule is exactly what generate_prometheusrule.py renders from
-    alerts/gateway-rules.yml, and its groups equal the rules file's (one source of truth)."""
+    alerts/gateway-rules.yml and alerts/kubernetes-rules.yml, and its groups are theirs."""
     done = run([sys.executable, K8S / "generate_prometheusrule.py", "--check"])
     assert done.returncode == 0, output(done)
     committed = load_yaml(K8S / "base" / "prometheusrule.yaml")
-    assert committed["spec"]["groups"] == load_yaml(ROOT / "alerts" / "gateway-rules.yml")["groups"]
+    assert committed["spec"]["groups"] == rule_groups()
 
 
 def test_prometheusrule_check_fails_when_rules_change(tmp_path: Path):
@@ -504,5 +509,5 @@ def test_prometheusrule_rules_pass_promtool(rendered, tmp_path: Path):
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     done = run([promtool, "check", "rules", tmp_path / "rules.yml"])
     assert done.returncode == 0, output(done)
-    expected = len(load_yaml(ROOT / "alerts" / "gateway-rules.yml")["groups"][0]["rules"])
+    expected = sum(len(group["rules"]) for group in rule_groups())
     assert f"SUCCESS: {expected} rules found" in done.stdout

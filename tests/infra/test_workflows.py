@@ -103,7 +103,7 @@ def test_ci_jobs_run_the_same_commands_as_dev_py(ci):
     assert "python dev.py test" in scripts["test"]
     assert "requirements-dev.txt" in scripts["lint"]
     assert "ruff check ." in scripts["lint"] and "black --check ." in scripts["lint"]
-    assert "promtool check rules alerts/gateway-rules.yml" in scripts["promtool"]
+    assert "promtool check rules alerts/*-rules.yml" in scripts["promtool"]
     assert "promtool test rules alerts/tests/" in scripts["promtool"]
     build = next(s for s in ci["jobs"]["build"]["steps"] if "build-push-action" in s["uses"])
     assert build["with"]["target"] == "cpu" and build["with"]["push"] is False
