@@ -22,7 +22,6 @@ import yaml
 from tests.infra.conftest import (
     K8S,
     ROOT,
-    TERRAFORM,
     container,
     container_env,
     find,
@@ -153,34 +152,6 @@ def gateway(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return find(docs, "Deployment", GATEWAY)
 
 
-def terraform_kubernetes_version() -> str:
-    """The default kubernetes_version of infra/terraform (the cluster these run on)."""
-    text = (TERRAFORM / "variables.tf").read_text()
-    block = text[text.index('variable "kubernetes_version"') :]
-    found = re.search(r'default\s*=\s*"(1\.\d+)"', block)
-    assert found, "no default kubernetes_version in variables.tf"
-    return found.group(1) + ".0"
-
-
-def terraform_gpu_pool() -> tuple[dict[str, str], list[tuple[str, str, str]]]:
-    """The GPU pool's node labels and taints (key, value, effect) from infra/terraform."""
-    text = (TERRAFORM / "aks.tf").read_text()
-    labels_block = re.search(r"gpu_node_labels\s*=\s*\{(.*?)\}", text, re.DOTALL)
-    taints_block = re.search(r"gpu_node_taints\s*=\s*\[(.*?)\]", text, re.DOTALL)
-    assert labels_block and taints_block, "gpu_node_labels / gpu_node_taints not in aks.tf"
-    labels = dict(re.findall(r'"([^"]+)"\s*=\s*"([^"]*)"', labels_block.group(1)))
-    taints = re.findall(r'"([^"=]+)=([^":]*):(\w+)"', taints_block.group(1))
-    pool = re.search(
-        r'resource "azurerm_kubernetes_cluster_node_pool" "gpu" \{(.*?)\n\}', text, re.S
-    )
-    assert (
-        pool
-        and "local.gpu_node_labels" in pool.group(1)
-        and "local.gpu_node_taints" in pool.group(1)
-    )
-    return labels, taints
-
-
 def test_each_overlay_renders_the_whole_stack(rendered):
     """kubectl kustomize renders both overlays, each with the gateway Deployment, Service, HPA,
     PDB, ServiceMonitor, PrometheusRule, Redis and the network policies, in one namespace."""
@@ -197,14 +168,17 @@ def test_each_overlay_renders_the_whole_stack(rendered):
 
 
 @pytest.mark.parametrize("version", ["latest", "terraform"])
-def test_kubernetes_validate_strict_passes(rendered_dir: Path, version: str):
+def test_kubernetes_validate_strict_passes(
+    rendered_dir: Path, version: str, request: pytest.FixtureRequest
+):
     """kubernetes-validate --strict (unknown fields are errors) passes every built-in object
     of both overlays and the Secret example, against the newest bundled schemas and against
     the version infra/terraform deploys."""
     files = [*sorted(rendered_dir.rglob("*.yaml")), SECRET_EXAMPLE]
     cmd = [venv_tool("kubernetes-validate"), "--strict", "--no-warn"]
     if version == "terraform":
-        cmd += ["-k", terraform_kubernetes_version()]
+        values = request.getfixturevalue("terraform_values")
+        cmd += ["-k", f"{values['kubernetes_version']}.0"]
     done = run([*cmd, *files])
     assert done.returncode == 0, output(done)
     checked = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("INFO")}
@@ -335,11 +309,12 @@ def test_pods_run_restricted(rendered):
                 assert "limits" in spec["resources"] and "requests" in spec["resources"]
 
 
-def test_gpu_overlay_lands_on_the_terraform_gpu_spot_pool(rendered):
+def test_gpu_overlay_lands_on_the_terraform_gpu_spot_pool(rendered, terraform_values):
     """gpu: one nvidia.com/gpu requested and limited, node selector = the Terraform pool's
     labels, a toleration for every Terraform taint of that pool (our own and AKS's spot
     taint). cpu: no GPU, no toleration, no node selector."""
-    labels, taints = terraform_gpu_pool()
+    labels = terraform_values["gpu_node_labels"]
+    taints = [tuple(re.split("[=:]", taint)) for taint in terraform_values["gpu_spot_taints"]]
     assert ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule") in taints
     pod = gateway(rendered["gpu"])["spec"]["template"]["spec"]
     resources = container(gateway(rendered["gpu"]), "gateway")["resources"]
