@@ -40,7 +40,7 @@ from tests.support.requirements import missing
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 TERRAFORM = ROOT / "infra" / "terraform"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "gpu-keda")
 CACHED_TOOLS = {"checkov": "3.3.30", "zizmor": "1.32.0", "yamllint": "1.38.0"}
 EXAMPLE_TFVARS = TERRAFORM / "example.tfvars"
 VENV_BIN = Path(sys.executable).parent
