@@ -158,6 +158,14 @@ resource "azurerm_public_ip" "egress" {
   tags                = local.tags
 }
 
+# The cluster's identity must be allowed to attach the egress IP to its load balancer (the IP
+# lives in this resource group, not in the node resource group AKS manages).
+resource "azurerm_role_assignment" "aks_egress_ip" {
+  scope                = azurerm_public_ip.egress.id
+  role_definition_name = "Network Contributor"
+  principal_id         = azurerm_kubernetes_cluster.main.identity[0].principal_id
+}
+
 # kubectl for the operators (local accounts are off, Azure RBAC decides): Cluster User lets
 # `az aks get-credentials` fetch a kubeconfig, RBAC Cluster Admin allows everything inside.
 resource "azurerm_role_assignment" "aks_cluster_user" {

@@ -261,5 +261,8 @@ def test_key_vault_admits_the_cluster_egress():
     cluster = resources["azurerm_kubernetes_cluster.main"]
     assert "outbound_ip_address_ids = [azurerm_public_ip.egress.id]" in cluster
     assert 'allocation_method   = "Static"' in resources["azurerm_public_ip.egress"]
+    attach = resources["azurerm_role_assignment.aks_egress_ip"]
+    assert "scope                = azurerm_public_ip.egress.id" in attach
+    assert "azurerm_kubernetes_cluster.main.identity[0].principal_id" in attach
     reader = resources["azurerm_role_assignment.kv_secrets_user_aks"]
     assert "key_vault_secrets_provider[0].secret_identity[0].object_id" in reader
