@@ -1,7 +1,7 @@
 # Registry for the gateway images (llm-gateway:<version>-cuda / -cpu). AKS pulls with its
 # kubelet identity (AcrPull); nobody uses an admin password.
 resource "azurerm_container_registry" "main" {
-  name                          = "${var.prefix}acr${local.suffix}"
+  name                          = local.acr_name
   resource_group_name           = azurerm_resource_group.main.name
   location                      = azurerm_resource_group.main.location
   sku                           = "Premium"

@@ -2,8 +2,11 @@
 # writes). Terraform creates the vault and the access, never the secret: its value would
 # land in the state. Operators put it with
 #   az keyvault secret set --vault-name <key_vault_name> --name llm-gateway-api-keys --file api-keys.yaml
+# The gpu overlay mounts it into the pods with the Secrets Store CSI driver
+# (infra/k8s/overlays/gpu/secretproviderclass.yaml); the driver re-reads it every 2 minutes
+# and the gateway reloads API_KEYS_FILE when the file changes.
 resource "azurerm_key_vault" "main" {
-  name                          = "${var.prefix}-kv-${local.suffix}"
+  name                          = local.key_vault_name
   location                      = azurerm_resource_group.main.location
   resource_group_name           = azurerm_resource_group.main.name
   tenant_id                     = data.azurerm_client_config.current.tenant_id
@@ -14,17 +17,19 @@ resource "azurerm_key_vault" "main" {
   public_network_access_enabled = true
   tags                          = local.tags
 
-  #checkov:skip=CKV_AZURE_189:Reachable only from the operator CIDRs of network_acls; a private endpoint needs a VNet this module does not create.
-  #checkov:skip=CKV2_AZURE_32:Same: no VNet for a private endpoint; the firewall denies everything but the operator CIDRs and trusted Azure services.
+  #checkov:skip=CKV_AZURE_189:Reachable only from the operator CIDRs and the cluster's egress IP (network_acls); a private endpoint needs a VNet this module does not create.
+  #checkov:skip=CKV2_AZURE_32:Same: no VNet for a private endpoint; the firewall denies everything but the operator CIDRs, the cluster's egress IP and trusted Azure services.
 
+  # The operators (to put the keys file) and the cluster (the CSI driver runs on the nodes and
+  # leaves through the egress IP of aks.tf); everything else is refused.
   network_acls {
     default_action = "Deny"
     bypass         = "AzureServices"
-    ip_rules       = var.api_server_authorized_ip_ranges
+    ip_rules       = concat(var.api_server_authorized_ip_ranges, [azurerm_public_ip.egress.ip_address])
   }
 }
 
-# Whoever runs terraform, and the admin groups, may write the keys file.
+# Whoever runs terraform, and the cluster admins, may write the keys file.
 resource "azurerm_role_assignment" "kv_secrets_officer_deployer" {
   scope                = azurerm_key_vault.main.id
   role_definition_name = "Key Vault Secrets Officer"
@@ -32,7 +37,7 @@ resource "azurerm_role_assignment" "kv_secrets_officer_deployer" {
 }
 
 resource "azurerm_role_assignment" "kv_secrets_officer_admins" {
-  for_each             = toset(var.admin_group_object_ids)
+  for_each             = toset(var.cluster_admin_object_ids)
   scope                = azurerm_key_vault.main.id
   role_definition_name = "Key Vault Secrets Officer"
   principal_id         = each.value

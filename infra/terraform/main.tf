@@ -1,9 +1,3 @@
-locals {
-  # Deterministic suffix for the globally unique names (ACR, Key Vault).
-  suffix = substr(sha1("${var.subscription_id}/${var.prefix}/${var.location}"), 0, 6)
-  tags   = merge(var.tags, { managed-by = "terraform" })
-}
-
 data "azurerm_client_config" "current" {}
 
 resource "azurerm_resource_group" "main" {

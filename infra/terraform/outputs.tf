@@ -18,14 +18,29 @@ output "aks_oidc_issuer_url" {
   value       = azurerm_kubernetes_cluster.main.oidc_issuer_url
 }
 
-output "gpu_node_pool_name" {
-  description = "Name of the GPU spot node pool."
-  value       = azurerm_kubernetes_cluster_node_pool.gpu.name
+output "gpu_node_pool_names" {
+  description = "GPU node pools: spot first, then the on-demand fallback (the autoscaler's priority expander names them)."
+  value       = [azurerm_kubernetes_cluster_node_pool.gpu.name, azurerm_kubernetes_cluster_node_pool.gpu_ondemand.name]
 }
 
 output "gpu_node_taints" {
-  description = "Taints of the GPU pool: the gateway and the NVIDIA device plugin must tolerate them."
-  value       = local.gpu_node_taints
+  description = "Taints of the GPU pools (the spot pool adds AKS's spot taint): the gateway and the NVIDIA device plugin must tolerate them."
+  value       = local.gpu_spot_taints
+}
+
+output "gpu_capacity" {
+  description = "GPUs the two GPU pools hold at their maximum: the HPA's maxReplicas plus maxSurge must not exceed it."
+  value       = local.gpu_capacity
+}
+
+output "egress_ip" {
+  description = "The cluster's outbound address (Key Vault's firewall admits it)."
+  value       = azurerm_public_ip.egress.ip_address
+}
+
+output "tenant_id" {
+  description = "Entra ID tenant of the subscription (for the SecretProviderClass)."
+  value       = data.azurerm_client_config.current.tenant_id
 }
 
 output "acr_login_server" {
@@ -44,7 +59,7 @@ output "key_vault_uri" {
 }
 
 output "key_vault_secrets_provider_client_id" {
-  description = "Client id of the Secrets Store CSI driver identity (for a SecretProviderClass)."
+  description = "Client id of the Secrets Store CSI driver identity (the SecretProviderClass of the gpu overlay uses it)."
   value       = azurerm_kubernetes_cluster.main.key_vault_secrets_provider[0].secret_identity[0].client_id
 }
 

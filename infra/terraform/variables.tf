@@ -31,13 +31,14 @@ variable "location" {
 }
 
 variable "kubernetes_version" {
-  description = "AKS Kubernetes minor version (patches follow the automatic upgrade channel); null takes AKS's default."
+  description = "AKS Kubernetes minor version (patches follow the automatic upgrade channel). AKS supports the newest three GA minors, 12 months each: in December 2026 those are 1.35 (end of life Mar 2027), 1.36 (Jun 2027) and 1.37 (Oct 2027), per https://learn.microsoft.com/azure/aks/supported-kubernetes-versions. Raise the floor below when a minor leaves support."
   type        = string
-  default     = "1.32"
+  default     = "1.36"
+  nullable    = false
 
   validation {
-    condition     = var.kubernetes_version == null || can(regex("^1\\.[0-9]{2}$", var.kubernetes_version))
-    error_message = "kubernetes_version must be a minor version such as 1.32."
+    condition     = can(regex("^1\\.[0-9]{2}$", var.kubernetes_version)) && try(tonumber(split(".", var.kubernetes_version)[1]) >= 35, false)
+    error_message = "kubernetes_version must be an AKS-supported minor version such as 1.36 (1.35 or newer)."
   }
 }
 
@@ -75,13 +76,13 @@ variable "system_node_max_count" {
 }
 
 variable "gpu_vm_size" {
-  description = "VM size of the GPU spot pool: an N-series size (NC*, ND*, NV*), e.g. Standard_NC24ads_A100_v4 or Standard_NC4as_T4_v3."
+  description = "VM size of both GPU pools (spot and on-demand fallback): one of gpu-vm-sizes.json, whose vCPUs and memory hold the gpu overlay's pod (tests/infra checks it), e.g. Standard_NC24ads_A100_v4 or Standard_NC8as_T4_v3."
   type        = string
   default     = "Standard_NC24ads_A100_v4"
 
   validation {
-    condition     = can(regex("^Standard_N[CDV][A-Za-z0-9_]+$", var.gpu_vm_size))
-    error_message = "gpu_vm_size must be an N-series GPU size (Standard_NC..., Standard_ND..., Standard_NV...)."
+    condition     = contains(keys(local.gpu_vm_sizes), var.gpu_vm_size)
+    error_message = "gpu_vm_size must be one of the sizes in gpu-vm-sizes.json (add a size there after checking that the gpu overlay's requests fit it)."
   }
 }
 
@@ -93,6 +94,17 @@ variable "gpu_node_max_count" {
   validation {
     condition     = var.gpu_node_max_count >= 1 && var.gpu_node_max_count <= 100
     error_message = "gpu_node_max_count must be between 1 and 100."
+  }
+}
+
+variable "gpu_ondemand_node_max_count" {
+  description = "Maximum on-demand GPU nodes, used only when the spot pool cannot grow (no spot capacity or quota); scales from 0. HPA maxReplicas + maxSurge must fit in the two pools together."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.gpu_ondemand_node_max_count >= 1 && var.gpu_ondemand_node_max_count <= 100
+    error_message = "gpu_ondemand_node_max_count must be between 1 and 100: one eviction wave must not leave the service without any GPU."
   }
 }
 
@@ -108,7 +120,7 @@ variable "gpu_spot_max_price" {
 }
 
 variable "gpu_os_disk_size_gb" {
-  description = "OS disk of GPU nodes: holds images and the pods' model cache (emptyDir)."
+  description = "OS disk of GPU nodes: holds the container images (the CUDA image is ~10 GiB) and the pods' scratch space; the model cache is a PVC."
   type        = number
   default     = 256
 
@@ -139,14 +151,19 @@ variable "api_server_authorized_ip_ranges" {
   }
 }
 
-variable "admin_group_object_ids" {
-  description = "Entra ID group object ids given cluster-admin on AKS (Azure RBAC) and secret officer on Key Vault."
+variable "cluster_admin_object_ids" {
+  description = "Entra ID object ids (groups, users or service principals) that operate the cluster: Azure Kubernetes Service RBAC Cluster Admin + Cluster User Role on AKS (local accounts are off, so nobody else can use kubectl) and Secrets Officer on Key Vault. Find yours with: az ad signed-in-user show --query id -o tsv"
   type        = list(string)
-  default     = []
+  nullable    = false
 
   validation {
-    condition     = alltrue([for id in var.admin_group_object_ids : can(regex("^[0-9a-fA-F-]{36}$", id))])
-    error_message = "admin_group_object_ids must hold Entra ID object ids (GUIDs)."
+    condition     = length(var.cluster_admin_object_ids) > 0
+    error_message = "cluster_admin_object_ids is empty: with local accounts off and Azure RBAC on, nobody could use kubectl on the cluster. Add at least one group or user object id."
+  }
+
+  validation {
+    condition     = alltrue([for id in var.cluster_admin_object_ids : can(regex("^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$", id))])
+    error_message = "cluster_admin_object_ids must hold Entra ID object ids (GUIDs)."
   }
 }
 

