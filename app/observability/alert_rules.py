@@ -100,6 +100,10 @@ def rate_limit_surge(w: Window, s: ObservabilitySettings) -> Reading:
     return _ratio(w, s, w.increase("gateway_rate_limited_total"), s.alert_rate_limited_ratio)
 
 
+def rate_limit_fail_open(w: Window, s: ObservabilitySettings) -> Reading:
+    return _above(w.increase("gateway_rate_limit_fail_open_total"), 0)
+
+
 def kv_cache_near_full(w: Window, s: ObservabilitySettings) -> Reading:
     usage = max(w.gauges("vllm:kv_cache_usage_perc"), default=None)
     return _above(usage, s.alert_kv_cache_usage)
@@ -145,6 +149,9 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
               "A large share of requests is being rate limited.",
               "alert_rate_limited_ratio", (REQUESTS, "gateway_rate_limited_total"),
               rate_limit_surge),
+    AlertRule("GatewayRateLimitFailOpen", "warning", 5 * MINUTE, 5 * MINUTE,
+              "Rate limiting fails open: its Redis is unreachable.",
+              "", ("gateway_rate_limit_fail_open_total",), rate_limit_fail_open),
     AlertRule("GatewayKVCacheNearFull", "warning", 10 * MINUTE, 0,
               "vLLM's KV cache is nearly full: requests queue and get preempted.",
               "alert_kv_cache_usage", ("vllm:kv_cache_usage_perc",), kv_cache_near_full),
