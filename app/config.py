@@ -18,6 +18,7 @@ from app.config_errors import ConfigError
 from app.engine.settings import EngineSettings
 from app.observability.settings import ObservabilitySettings
 from app.resilience.settings import ResilienceSettings
+from app.routing.settings import RoutingSettings
 
 _ENV = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
     @model_validator(mode="after")
     def _model_path_exists_when_local(self) -> Settings:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+import signal
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,15 +21,19 @@ from app.auth.ratelimit import RateLimiter
 from app.auth.reload import KeyFileWatcher
 from app.auth.storage_health import StorageErrors
 from app.config import Settings, load_settings
+from app.deployments.local import LocalDeployment
 from app.deps import require_admin
 from app.engine.protocol import EngineClient
 from app.lifecycle import Lifecycle
 from app.observability.alerts import AlertEvaluator
-from app.observability.health import HealthReporter, device_component, engine_component
+from app.observability.health import HealthReporter, device_component
 from app.observability.metrics import GatewayMetrics
 from app.observability.middleware import RequestContextMiddleware
-from app.resilience.breaker import BreakerTransition, EngineBreaker
 from app.resilience.queue import PriorityAdmission
+from app.routing.catalog import default_catalog
+from app.routing.health import deployments_component
+from app.routing.pool import DeploymentPool
+from app.routing.registry import ModelRegistry, static_catalog
 from app.schemas.openai import ChatCompletionRequest, CompletionRequest, SimpleGenerateRequest
 from app.services.lease import Guards
 from app.services.pipeline import GenerationPipeline
@@ -38,27 +44,32 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 FatalHandler = Callable[[BaseException], None]
 REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest, SimpleGenerateRequest)
+DEFAULT_DEPLOYMENT = "local"
 
 
 def create_app(
     settings: Settings | None = None,
     engine: EngineClient | None = None,
     on_fatal: FatalHandler | None = None,
+    local_engines: Mapping[str, EngineClient] | None = None,
 ) -> FastAPI:
-    """Build the app. Without ``engine`` the app builds, starts and stops its own supervised
-    engine; a given engine is the caller's to start and stop (tests share one).
-    ``on_fatal`` is told when the engine cannot start, so the runner can exit non-zero.
+    """Build the app. Deployments come from ``MODELS_FILE`` (or, without one, one local
+    deployment of the engine settings); the app builds, starts and stops their engines,
+    except those given: ``engine`` (the default local deployment's) or ``local_engines``
+    (by deployment name) are the caller's to start and stop (tests share one).
+    ``on_fatal`` is told when a local engine cannot start, so the runner can exit non-zero.
     """
     settings = settings or load_settings()
     metrics = GatewayMetrics.for_registry()
-    owned = engine is None
-    engine = engine or build_engine(settings, metrics)
-    state = build_state(settings, engine, metrics)
+    given = dict(local_engines or {})
+    if engine is not None:
+        given.setdefault(DEFAULT_DEPLOYMENT, engine)
+    state = build_state(settings, metrics, given)
     docs = _docs_enabled(settings)
     app = FastAPI(
         title="LLM Gateway",
         version=VERSION,
-        lifespan=_lifespan(state, engine if owned else None, on_fatal),
+        lifespan=_lifespan(state, on_fatal),
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
@@ -70,45 +81,37 @@ def create_app(
         RequestContextMiddleware,
         metrics=metrics,
         log_prompts=settings.observability.log_prompts,
-        default_model=lambda: engine.model_info.served_name,
+        default_model=lambda: state.registry.router.default.id,
     )
     return app
 
 
-def build_engine(settings: Settings, metrics: GatewayMetrics) -> EngineClient:
-    """A supervised engine; wrapped in the fault-injection seam only when configured."""
-    from app.engine.faults import FaultInjectingEngine
-    from app.engine.manager import EngineManager
-    from app.engine.supervisor import EngineSupervisor
-
-    plan = settings.engine.fault_injection
-
-    def factory() -> Any:
-        manager = EngineManager(settings.engine)
-        return FaultInjectingEngine(manager, plan) if plan is not None else manager
-
-    return EngineSupervisor(
-        factory, settings.resilience.engine_stall_s, on_restart=metrics.engine_restarted
-    )
-
-
-def build_state(settings: Settings, engine: EngineClient, metrics: GatewayMetrics) -> GatewayState:
+def build_state(
+    settings: Settings, metrics: GatewayMetrics, given: Mapping[str, EngineClient]
+) -> GatewayState:
     """Every part the routes and the lifespan use, wired once."""
     guards, storage_errors = _build_guards(settings, metrics)
     keys = KeyStore.from_settings(settings.auth, settings.resilience.default_priority)
-    health = HealthReporter(version=VERSION, model=lambda: engine.model_info.served_name)
-    health.add("engine", engine_component(engine))
+    pool = DeploymentPool(settings, metrics, given)
+    default = lambda: default_catalog(settings.engine.served_name)  # noqa: E731
+    path = settings.routing.models_file
+    registry = ModelRegistry(
+        pool, static_catalog(path, default), path, settings.routing.models_reload_s
+    )
+    health = HealthReporter(
+        version=VERSION, model=lambda: registry.router.default.id, critical=("deployments",)
+    )
+    health.add("deployments", lambda: deployments_component(registry))
     health.add("device", device_component)
-    health.add("breaker", guards.breaker.health)
     health.add("queue", lambda: {"status": "ok", **guards.admission.stats().as_dict()})
     health.add("rate_limit_storage", storage_errors.report)
-    metrics.on_collect(lambda: _refresh_gauges(metrics, engine, guards))
+    metrics.on_collect(lambda: _refresh_gauges(metrics, registry, guards))
     return GatewayState(
         settings=settings,
-        engine=engine,
+        registry=registry,
         guards=guards,
         keys=keys,
-        pipeline=GenerationPipeline(engine, settings, guards, keys),
+        pipeline=GenerationPipeline(registry, settings, guards, keys),
         lifecycle=Lifecycle(guards.admission, settings.resilience.shutdown_grace_s),
         alerts=AlertEvaluator.for_metrics(metrics, settings.observability),
         health=health,
@@ -124,25 +127,27 @@ def _build_guards(settings: Settings, metrics: GatewayMetrics) -> tuple[Guards, 
         if failed_open:
             metrics.rate_limit_failed_open(operation)
 
-    def on_transition(change: BreakerTransition) -> None:
-        metrics.breaker_changed(change.previous, change.current)
-
     # The limiter logs storage errors itself, at most one warning per 10 s.
     limiter = RateLimiter.from_settings(settings.auth, on_storage_error=on_storage_error)
     storage_errors.backend = type(limiter.storage).__name__
-    guards = Guards(
-        limiter=limiter,
-        admission=PriorityAdmission.from_settings(settings.resilience),
-        breaker=EngineBreaker.from_settings(settings.resilience, listeners=[on_transition]),
-        metrics=metrics,
-    )
-    return guards, storage_errors
+    admission = PriorityAdmission.from_settings(settings.resilience)
+    return Guards(limiter=limiter, admission=admission, metrics=metrics), storage_errors
 
 
-def _refresh_gauges(metrics: GatewayMetrics, engine: EngineClient, guards: Guards) -> None:
+def _refresh_gauges(metrics: GatewayMetrics, registry: ModelRegistry, guards: Guards) -> None:
     stats = guards.admission.stats()
     metrics.set_queue_depths(stats.depth_by_priority, capacity=guards.admission.max_queue)
-    metrics.set_engine_up(engine.is_ready)
+    router = registry.router
+    unavailable = set(router.unavailable_models())
+    for route in router.routes.values():
+        metrics.model_available.labels(route.id).set(0 if route.id in unavailable else 1)
+    locals_ = [d for d in router.deployments() if isinstance(d, LocalDeployment)]
+    metrics.set_engine_up(all(d.ready for d in locals_) and not unavailable)
+    for deployment in router.deployments():
+        state = deployment.state
+        metrics.deployment_in_flight.labels(state.name).set(state.in_flight)
+        up = deployment.ready and state.status() != "down"
+        metrics.deployment_up.labels(state.model_id, state.name).set(1 if up else 0)
 
 
 def _docs_enabled(settings: Settings) -> bool:
@@ -159,27 +164,27 @@ def _install_routes(app: FastAPI) -> None:
     install_openapi(app, REQUEST_MODELS)
 
 
-def _lifespan(state: GatewayState, engine: EngineClient | None, on_fatal: FatalHandler | None):
+def _lifespan(state: GatewayState, on_fatal: FatalHandler | None):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load the model in the background so liveness answers during the start-up.
-        tasks = [_task(state.alerts.run(), "alerts")]
-        if engine is not None:
-            startup_s = state.settings.engine.startup_timeout_s
-            tasks.append(_task(_start(engine, startup_s, on_fatal), "engine-start"))
+        # Deployments start in the background so liveness answers while engines load.
+        registry = state.registry
+        await registry.start(on_fatal)
+        tasks = [_task(state.alerts.run(), "alerts"), _task(registry.run(), "model-registry")]
         auth = state.settings.auth
         if auth.api_keys_file is not None and auth.api_keys_reload_s > 0:
             watcher = KeyFileWatcher(state.keys, auth.api_keys_file, auth.api_keys_reload_s)
             tasks.append(_task(watcher.run(), "api-keys-reload"))
+        hangup = _on_sighup(registry.request_reload)
         try:
             yield
         finally:
+            hangup()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await state.guards.limiter.aclose()
-            if engine is not None:
-                await engine.stop()  # type: ignore[attr-defined]
+            await registry.pool.stop()
 
     return lifespan
 
@@ -188,17 +193,16 @@ def _task(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
     return asyncio.create_task(work, name=name)
 
 
-async def _start(engine: EngineClient, timeout_s: float, on_fatal: FatalHandler | None) -> None:
-    """Start the engine within STARTUP_TIMEOUT_S; otherwise tell the runner (exit non-zero,
-    so the orchestrator restarts the process)."""
+def _on_sighup(reload: Callable[[], None]) -> Callable[[], None]:
+    """SIGHUP re-reads MODELS_FILE; only where signals can be had (the main thread)."""
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(timeout_s):
-            await engine.start()  # type: ignore[attr-defined]
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        if isinstance(exc, TimeoutError):
-            exc = TimeoutError(f"the engine was not ready within STARTUP_TIMEOUT_S={timeout_s:g}s")
-        log.critical("engine failed to start: %s", exc, exc_info=exc)
-        if on_fatal is not None:
-            on_fatal(exc)
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests)
+        return lambda: None
+    return lambda: _remove_sighup(loop)
+
+
+def _remove_sighup(loop: asyncio.AbstractEventLoop) -> None:
+    with contextlib.suppress(RuntimeError, ValueError):
+        loop.remove_signal_handler(signal.SIGHUP)

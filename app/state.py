@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from app.auth.keys import KeyStore
 from app.config import Settings
-from app.engine.protocol import EngineClient
 from app.lifecycle import Lifecycle
 from app.observability.alerts import AlertEvaluator
 from app.observability.health import HealthReporter
 from app.observability.metrics import GatewayMetrics
+from app.routing.registry import ModelRegistry
 from app.services.lease import Guards
 from app.services.pipeline import GenerationPipeline
 
@@ -22,7 +22,7 @@ from app.services.pipeline import GenerationPipeline
 @dataclass
 class GatewayState:
     settings: Settings
-    engine: EngineClient
+    registry: ModelRegistry
     guards: Guards
     keys: KeyStore
     pipeline: GenerationPipeline

@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from app.api.http import json_response
 from app.deps import AdminDep, PrincipalDep, StateDep
+from app.routing.health import engines_summary
 from app.schemas.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["admin"])
@@ -14,18 +15,16 @@ router = APIRouter(tags=["admin"])
 
 @router.get("/resilience/stats", responses={k: ERROR_RESPONSES[k] for k in (401, 403)})
 async def resilience_stats(state: StateDep, _: AdminDep) -> Response:
-    """Breaker, queue (depth per priority, in flight, totals, estimated wait), engine."""
-    engine = state.engine
+    """The queue, each deployment (breaker, in flight, health, error rate, latency), the
+    in-process engines together, and whether the gateway is draining."""
+    registry = state.registry
+    deployments = {d.state.name: d.describe() for d in registry.router.deployments()}
     return json_response(
         {
-            "breaker": state.guards.breaker.stats().as_dict(),
             "queue": state.guards.admission.stats().as_dict(),
-            "engine": {
-                "ready": engine.is_ready,
-                "unfinished_requests": engine.num_unfinished_requests(),
-                "restarts": getattr(engine, "restarts", 0),
-                "last_failure": getattr(engine, "last_failure", None),
-            },
+            "deployments": deployments,
+            "engine": engines_summary(registry),
+            "registry": registry.describe(),
             "draining": state.lifecycle.draining,
         }
     )

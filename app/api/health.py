@@ -1,4 +1,4 @@
-"""Liveness and readiness probes; they never queue and never touch the engine's queue."""
+"""Liveness and readiness probes; they never queue and never touch an engine's queue."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from app.errors import EngineUnavailableError, ServiceUnavailableError
 from app.schemas.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["health"])
+NOT_READY_RETRY_S = 5
 
 
 @router.get("/healthz")
@@ -22,17 +23,13 @@ async def healthz() -> Response:
 
 @router.get("/readyz", responses={503: ERROR_RESPONSES[503]})
 async def readyz(state: StateDep) -> Response:
-    """Readiness: engine loaded and healthy, breaker not open, not draining."""
+    """Readiness: not draining, and every model has a live deployment or a live fallback
+    (loaded or answering its health checks, its breaker not open)."""
     if state.lifecycle.draining:
         error = ServiceUnavailableError("The server is shutting down.", retry_after=5)
         return error_response(error)
-    if not state.engine.is_ready:
-        return error_response(EngineUnavailableError("The engine is not ready.", retry_after=5))
-    # An open breaker past its reset timeout lets the next request through as a trial, so
-    # it counts as ready: otherwise a pod out of rotation would never get that request.
-    retry = state.guards.breaker.retry_after()
-    if retry > 0:
-        return error_response(
-            EngineUnavailableError("The circuit breaker is open.", retry_after=retry)
-        )
+    unavailable = state.registry.router.unavailable_models()
+    if unavailable:
+        message = f"No live deployment for: {', '.join(unavailable)}."
+        return error_response(EngineUnavailableError(message, retry_after=NOT_READY_RETRY_S))
     return json_response({"status": "ready"})

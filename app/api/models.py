@@ -14,12 +14,13 @@ router = APIRouter(tags=["openai"])
 
 @router.get("/v1/models", responses={k: ERROR_RESPONSES[k] for k in (401, 503)})
 async def list_models(pipeline: PipelineDep, principal: PrincipalDep) -> Response:
-    """The served models, in OpenAI's list shape (only those the key may use)."""
-    return json_response({"object": "list", "data": pipeline.models.cards(principal)})
+    """Every model and alias the key may use, in OpenAI's list shape."""
+    return json_response({"object": "list", "data": pipeline.router.cards(principal)})
 
 
 @router.get("/v1/models/{model:path}", responses={k: ERROR_RESPONSES[k] for k in (401, 404, 503)})
 async def retrieve_model(model: str, pipeline: PipelineDep, principal: PrincipalDep) -> Response:
-    """One model by id; 404 in OpenAI's shape for any other id (or one the key cannot use)."""
-    pipeline.models.resolve(model, principal)
-    return json_response(pipeline.models.card())
+    """One model (or alias) by id; 404 in OpenAI's shape for any other id, or one the key
+    cannot use."""
+    route = pipeline.router.resolve(model, principal)
+    return json_response(route.card(model))

@@ -40,8 +40,6 @@ from app.errors import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVED_NAME = "tiny-llama"
-
 
 class EngineManager:
     """Builds, serves and shuts down one ``AsyncLLM``."""
@@ -119,7 +117,7 @@ class EngineManager:
     def _served_name(self, source: str) -> str:
         if self._settings.served_model_name:
             return self._settings.served_model_name
-        return self._settings.model_name or DEFAULT_SERVED_NAME
+        return self._settings.served_name
 
     def _engine_args(self, source: str) -> AsyncEngineArgs:
         settings, device = self._settings, detect_device()
@@ -134,6 +132,9 @@ class EngineManager:
             gpu_memory_utilization=utilization,
             enforce_eager=eager,
             max_num_seqs=settings.max_num_seqs,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            pipeline_parallel_size=settings.pipeline_parallel_size,
+            distributed_executor_backend=settings.distributed_executor_backend,
             max_logprobs=settings.max_logprobs,
             seed=settings.seed,
             trust_remote_code=settings.trust_remote_code,

@@ -47,13 +47,15 @@ class TokenLogprob:
 
 @dataclass(slots=True)
 class ChoiceDelta:
-    """New output of one choice since the previous engine step."""
+    """New output of one choice since the previous engine step (``token_ids``: the new
+    tokens, where the engine says which)."""
 
     index: int
     text: str
     num_tokens: int
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
+    token_ids: Sequence[int] | None = None
 
 
 @dataclass(slots=True)
@@ -67,6 +69,38 @@ class EngineStep:
     def num_tokens(self) -> int:
         """Tokens this step produced, all choices together."""
         return sum(delta.num_tokens for delta in self.choices)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    """Messages, rendered with the model's chat template."""
+
+    messages: list[dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class TextPrompt:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPrompt:
+    ids: list[int]
+
+
+Prompt = ChatPrompt | TextPrompt | TokenPrompt
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One prompt's engine request, complete when built: what any deployment needs to run
+    it (token ids for engines that take them, the prompt itself for those that do not)."""
+
+    request_id: str
+    prompt: Prompt
+    prompt_ids: list[int]
+    options: SamplingOptions
+    priority: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.engine.faults import FaultPlan
 
 _ENV = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+DEFAULT_SERVED_NAME = "tiny-llama"  # the embedded default model's id
 
 
 class EngineSettings(BaseSettings):
@@ -32,6 +33,10 @@ class EngineSettings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     enforce_eager: bool | None = None
     max_num_seqs: int = Field(default=256, ge=1)
+    # For models larger than one GPU (vLLM's scale-out settings).
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    distributed_executor_backend: Literal["mp", "ray", "uni"] | None = None
     seed: int = 0
     trust_remote_code: bool = False
     startup_timeout_s: float = Field(default=600.0, gt=0)
@@ -45,6 +50,11 @@ class EngineSettings(BaseSettings):
         if self.fault_injection is not None and not self.allow_fault_injection:
             raise ValueError("FAULT_INJECTION is set but ALLOW_FAULT_INJECTION is not true")
         return self
+
+    @property
+    def served_name(self) -> str:
+        """The id clients use: SERVED_MODEL_NAME, else MODEL_NAME, else the embedded model's."""
+        return self.served_model_name or self.model_name or DEFAULT_SERVED_NAME
 
     @field_validator("model_name", "served_model_name")
     @classmethod

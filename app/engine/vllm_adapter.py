@@ -55,6 +55,7 @@ def to_engine_step(output: RequestOutput, top_logprobs: int) -> EngineStep:
             num_tokens=len(completion.token_ids),
             finish_reason=_finish_reason(completion.finish_reason),
             logprobs=_logprobs(completion.token_ids, completion.logprobs, top_logprobs),
+            token_ids=completion.token_ids,
         )
         for completion in output.outputs
     ]

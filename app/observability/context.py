@@ -56,6 +56,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     scope: MutableMapping[str, Any] | None = field(default=None, repr=False)
     model: str | None = None
+    deployment: str | None = None
     key_name: str | None = None
     priority: int | None = None
     stream: bool | None = None
@@ -87,6 +88,14 @@ class RequestContext:
 def current_request() -> RequestContext | None:
     """The context of the request being served, or ``None`` outside one."""
     return _current.get()
+
+
+def note_request(**fields: Any) -> None:
+    """Set fields of the current request's context (no-op outside one)."""
+    ctx = _current.get()
+    if ctx is not None:
+        for name, value in fields.items():
+            setattr(ctx, name, value)
 
 
 def current_request_id() -> str | None:

@@ -60,6 +60,7 @@ class GatewayMetrics:
         self._define_token_metrics(registry)
         self._define_admission_metrics(registry)
         self._define_engine_metrics(registry)
+        self._define_deployment_metrics(registry)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> GatewayMetrics:
@@ -166,6 +167,46 @@ class GatewayMetrics:
             "gateway_engine_restarts", "Engine restarts after a failure.", registry=r
         )
 
+    def _define_deployment_metrics(self, r: CollectorRegistry) -> None:
+        # Labels come from the catalogue (model ids, deployment names): bounded by it.
+        self.deployment_requests = Counter(
+            "gateway_deployment_requests",
+            "Requests a deployment ran, by outcome (ok, failed, retried, client_error).",
+            ["model", "deployment", "outcome"],
+            registry=r,
+        )
+        self.deployment_duration = Histogram(
+            "gateway_deployment_request_duration_seconds",
+            "From handing a request to a deployment to its end.",
+            ["deployment"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.deployment_in_flight = Gauge(
+            "gateway_deployment_in_flight",
+            "Requests running on a deployment.",
+            ["deployment"],
+            registry=r,
+        )
+        self.deployment_up = Gauge(
+            "gateway_deployment_up",
+            "1 while a deployment is healthy and its breaker lets requests through.",
+            ["model", "deployment"],
+            registry=r,
+        )
+        self.deployment_breaker_state = Gauge(
+            "gateway_deployment_breaker_state",
+            "A deployment's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            ["deployment"],
+            registry=r,
+        )
+        self.model_available = Gauge(
+            "gateway_model_available",
+            "1 while a model has a live deployment or a live fallback.",
+            ["model"],
+            registry=r,
+        )
+
     # -- per request --------------------------------------------------------------------------
 
     def recorder(self, model: str, context: RequestContext | None = None) -> RequestRecorder:
@@ -228,11 +269,23 @@ class GatewayMetrics:
         """Rate limiting failed open for ``operation`` (one of :data:`RATE_LIMIT_OPERATIONS`)."""
         self.rate_limit_fail_open.labels(operation).inc()
 
-    def breaker_changed(self, from_state: str, to_state: str) -> None:
-        """A breaker transition (pybreaker names: ``closed``, ``half-open``, ``open``)."""
+    def breaker_changed(
+        self, from_state: str, to_state: str, deployment: str | None = None
+    ) -> None:
+        """A breaker transition (pybreaker names: ``closed``, ``half-open``, ``open``);
+        ``gateway_breaker_state`` shows the latest change of any deployment's breaker."""
         old, new = _breaker_state(from_state), _breaker_state(to_state)
         self.breaker_state.set(BREAKER_STATES[new])
         self.breaker_transitions.labels(old, new).inc()
+        if deployment is not None:
+            self.deployment_breaker_state.labels(deployment).set(BREAKER_STATES[new])
+
+    def deployment_finished(
+        self, model: str, deployment: str, outcome: str, duration_s: float | None
+    ) -> None:
+        self.deployment_requests.labels(model, deployment, outcome).inc()
+        if duration_s is not None:
+            self.deployment_duration.labels(deployment).observe(duration_s)
 
     def set_engine_up(self, up: bool) -> None:
         self.engine_up.set(1 if up else 0)

@@ -5,7 +5,8 @@ For each HTTP request it:
 
 1. takes ``X-Request-ID`` from the client when valid (1..128 of ``[A-Za-z0-9._-]``) or makes
    one, and binds a :class:`RequestContext` to a contextvar for the request's lifetime;
-2. adds ``X-Request-ID``, ``X-Model`` (when known) and ``X-Duration-Ms`` (time to the
+2. adds ``X-Request-ID``, ``X-Model`` (the model that answered, when known),
+   ``X-Deployment`` (the deployment that served it) and ``X-Duration-Ms`` (time to the
    response headers) to every response it sees start;
 3. when the response is over, counts it (``gateway_requests_total``,
    ``gateway_request_duration_seconds`` to the last byte, ``gateway_errors_total``) and
@@ -117,6 +118,8 @@ class RequestContextMiddleware:
         model = ctx.model or self._default_model()
         if model:
             headers["X-Model"] = model
+        if ctx.deployment:
+            headers["X-Deployment"] = ctx.deployment
         headers["X-Duration-Ms"] = f"{ctx.elapsed() * 1000:.1f}"
 
     def _default_model(self) -> str | None:
@@ -172,6 +175,7 @@ def _log_fields(
         "http_status": exchange.status,
         "latency_s": round(duration, 4),
         "model": ctx.model,
+        "deployment": ctx.deployment,
         "key_name": ctx.key_name,
         "priority": ctx.priority,
         "stream": ctx.stream,

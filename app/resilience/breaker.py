@@ -186,12 +186,14 @@ class EngineBreaker:
         settings: ResilienceSettings,
         clock: Clock | None = None,
         listeners: Iterable[TransitionListener] = (),
+        name: str = "engine",
     ) -> EngineBreaker:
         return cls(
             settings.breaker_fail_max,
             settings.breaker_reset_timeout_s,
             clock=clock,
             listeners=listeners,
+            name=name,
         )
 
     def add_listener(self, listener: TransitionListener) -> None:

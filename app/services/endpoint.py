@@ -12,42 +12,21 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from app.config import ServerSettings
-from app.engine.protocol import EngineStep, SamplingOptions
+from app.engine.protocol import (
+    ChatPrompt,
+    EngineStep,
+    Job,
+    Prompt,
+    SamplingOptions,
+    TextPrompt,
+    TokenPrompt,
+)
 from app.services.formatting import ChoiceResult, ResponseHead
+
+__all__ = ["ChatPrompt", "Job", "Prompt", "TextPrompt", "TokenPrompt"]
 
 Chunk = dict[str, Any]
 Decode = Callable[[list[int]], str]
-
-
-@dataclass(frozen=True, slots=True)
-class ChatPrompt:
-    """Messages, rendered with the model's chat template."""
-
-    messages: list[dict[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class TextPrompt:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class TokenPrompt:
-    ids: list[int]
-
-
-Prompt = ChatPrompt | TextPrompt | TokenPrompt
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One prompt's engine request, complete when built."""
-
-    request_id: str
-    prompt: Prompt
-    prompt_ids: list[int]
-    options: SamplingOptions
-    priority: int
 
 
 @dataclass(slots=True)

@@ -3,8 +3,10 @@
 The order, cheapest refusal first, and nothing worked on before it is paid for::
 
     authenticate (401) → charge the request (429) → read and parse the body (400/413)
-    → cheap bounds (400/404) → tokenize (400) → charge the tokens (429)
-    → queue (429/503) → breaker (503) → engine, under the deadline (503/504) → format
+    → resolve the model (404) → tokenize with its tokenizer, check its context (400,
+      or on to its context_overflow model) → charge the tokens (429) → queue (429/503)
+    → route: each deployment's breaker (503), failover before the first byte
+    → the engine, under the deadline (503/504) → format
 
 Parsing, templating and tokenizing run in a worker thread when the body is large, so a
 heavy request never freezes the event loop (every stream and probe with it).
@@ -19,38 +21,30 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from app.auth.keys import KeyStore, Principal
 from app.config import Settings
-from app.engine.protocol import EngineClient, EngineStep
+from app.deployments.base import Deployment
 from app.errors import (
     ClientDisconnectedError,
     ContextLengthExceededError,
     GatewayError,
     InvalidRequestError,
 )
-from app.observability.context import current_request
+from app.observability.context import note_request
 from app.resilience.deadline import Deadline
 from app.resilience.settings import LOWEST_PRIORITY
-from app.services.endpoint import (
-    ChatPrompt,
-    Chunk,
-    Endpoint,
-    Job,
-    JobResult,
-    Prompt,
-    R,
-    Reply,
-    StreamFormatter,
-    TextPrompt,
-)
-from app.services.formatting import ChoiceResult, ResponseHead
+from app.routing.registry import ModelRegistry
+from app.routing.router import ModelRoute, Router
+from app.services.dispatch import Dispatch
+from app.services.endpoint import ChatPrompt, Endpoint, Job, Prompt, R, Reply, TextPrompt
+from app.services.formatting import ResponseHead
 from app.services.lease import Guards, RequestLease
-from app.services.models import ModelCatalog
 from app.services.parsing import parse_json_object, validate
-from app.services.streams import OpenStream, merge_streams, prepend
+from app.services.prompt_log import PromptLog
 
 T = TypeVar("T")
 
@@ -58,7 +52,7 @@ T = TypeVar("T")
 # ~120k empty messages in 4 MiB froze every stream for 10 s (issue 11). Below this, the
 # thread hand-off costs more than the work.
 OFFLOAD_BODY_BYTES = 32 * 1024
-LOG_TEXT_CHARS = 4096  # LOG_PROMPTS keeps this much of a prompt and a completion
+SESSION_HEADER = "x-session-id"
 
 
 class Inbound(Protocol):
@@ -76,16 +70,33 @@ class GenerationPipeline:
     """Shared by every generation route; :meth:`run` makes one :class:`RequestRun`."""
 
     def __init__(
-        self, engine: EngineClient, settings: Settings, guards: Guards, keys: KeyStore
+        self, registry: ModelRegistry, settings: Settings, guards: Guards, keys: KeyStore
     ) -> None:
-        self.engine = engine
+        self.registry = registry
         self.settings = settings
         self.guards = guards
         self.keys = keys
-        self.models = ModelCatalog(engine)
+
+    @property
+    def router(self) -> Router:
+        return self.registry.router
 
     def run(self, endpoint: Endpoint[R], inbound: Inbound) -> RequestRun[R]:
         return RequestRun(self, endpoint, inbound)
+
+
+@dataclass(slots=True)
+class Plan(Generic[R]):
+    """A parsed request, bound to a model and tokenized: what admission and dispatch need."""
+
+    req: R
+    route: ModelRoute
+    head: ResponseHead
+    prompts: list[Prompt]
+    jobs: list[Job]
+    priority: int
+    streaming: bool
+    key: bytes | None  # affinity: a session, or the prompt's prefix (prefix_affinity)
 
 
 class RequestRun(Generic[R]):
@@ -93,17 +104,16 @@ class RequestRun(Generic[R]):
 
     def __init__(self, pipeline: GenerationPipeline, endpoint: Endpoint[R], inbound: Inbound):
         self.pipeline, self.endpoint, self.inbound = pipeline, endpoint, inbound
-        self.engine = pipeline.engine
+        self.router = pipeline.router  # one catalogue for the whole request, reloads or not
         self.server = pipeline.settings.server
         resilience = pipeline.settings.resilience
         self.lease = RequestLease(
             Deadline(resilience.request_timeout_s),
             pipeline.guards.metrics,
-            engine_progress=lambda: self.engine.last_progress_at,
             stall_s=resilience.engine_stall_s,
         )
         self.outcome: BaseException | None = None
-        self._log_text: list[str] | None = None
+        self.log = PromptLog()
 
     async def __aenter__(self) -> RequestRun[R]:
         return self
@@ -121,90 +131,76 @@ class RequestRun(Generic[R]):
 
     async def start(self) -> Reply:
         """Everything up to the first byte; raises a :class:`GatewayError` to answer with."""
-        guards, lease = self.pipeline.guards, self.lease
-        principal = self.pipeline.keys.authenticate(self.inbound.header("authorization"))
-        _note(key_name=principal.name)
-        header_priority = _priority_header(self.inbound.header("x-priority"))
-        lease.charge = await self._refusing(principal, guards.limiter.admit(principal))
-        raw = await lease.guard.wait(self.inbound.body())
+        principal, header_priority = await self._admit_key()
+        raw = await self.lease.guard.wait(self.inbound.body())
         offload = len(raw) >= OFFLOAD_BODY_BYTES
-        req = await _maybe_in_thread(offload, self._parse, raw, self.inbound.header("content-type"))
-        streaming = self.endpoint.streams(req)
-        _note(stream=streaming)
-        lease.deadline.narrow(req.timeout)
-        lease.guard.close()  # re-armed at the next wait, on the narrowed deadline
-        model = self.pipeline.models.resolve(req.model, principal)
-        lease.recorder = guards.metrics.recorder(model)
-        priority = _priority(principal, req.priority, header_priority)
-        head = ResponseHead(
-            f"{self.endpoint.id_prefix}-{uuid.uuid4().hex}", int(time.time()), model
-        )
-        prompts = self.endpoint.prompts(req, self.server)
-        ids = await _maybe_in_thread(offload, self._tokenize, prompts)
-        jobs = self._jobs(head, req, prompts, ids, priority, streaming)
-        lease.prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
-        self._keep_prompt(prompts)
-        cost = lease.prompt_tokens + sum(j.options.n * (j.options.max_tokens or 0) for j in jobs)
-        await self._refusing(principal, lease.charge.reserve(cost))
-        lease.slot = await self._refusing(
-            principal, guards.admission.acquire(priority, lease.deadline)
-        )
-        lease.recorder.admitted(lease.slot.waited_s, priority)
-        lease.permit = guards.breaker.admit()
-        headers = lease.charge.headers()
-        if streaming:
-            opened = await self._open_streams(jobs)
-            formatter = self.endpoint.formatter(head, req, jobs, self.engine.decode)
-            return Reply(headers, events=self._tracked(self._events(opened, formatter)))
-        results = await self._collect(jobs)
-        self._keep_completion(c.text for r in results for c in r.choices)
-        return Reply(headers, body=self.endpoint.body(head, req, results, self.engine.decode))
+        content_type = self.inbound.header("content-type")
+        req = await _maybe_in_thread(offload, self._parse, raw, content_type)
+        self.lease.deadline.narrow(req.timeout)
+        self.lease.guard.close()  # re-armed at the next wait, on the narrowed deadline
+        plan = await self._plan(req, principal, header_priority, offload)
+        await self._admit_work(principal, plan)
+        dispatch = Dispatch(self.lease, self.router, self.endpoint, self.log, self.jobs_for)
+        return await dispatch.run(plan)
+
+    async def _admit_key(self) -> tuple[Principal, int | None]:
+        principal = self.pipeline.keys.authenticate(self.inbound.header("authorization"))
+        note_request(key_name=principal.name)
+        header_priority = _priority_header(self.inbound.header("x-priority"))
+        limiter = self.pipeline.guards.limiter
+        self.lease.charge = await self._refusing(principal, limiter.admit(principal))
+        return principal, header_priority
 
     def _parse(self, raw: bytes, content_type: str | None) -> R:
         data = parse_json_object(raw, content_type)
         self.endpoint.precheck(data, self.server)
         return cast(R, validate(cast(Any, self.endpoint.request_model), data))
 
-    async def _refusing(self, principal: Principal, awaitable: Any) -> Any:
+    async def _plan(
+        self, req: R, principal: Principal, header_priority: int | None, offload: bool
+    ) -> Plan[R]:
+        streaming = self.endpoint.streams(req)
+        note_request(stream=streaming)
+        route = self.router.resolve(req.model, principal)
+        self.lease.recorder = self.pipeline.guards.metrics.recorder(route.id)
+        head = ResponseHead(
+            f"{self.endpoint.id_prefix}-{uuid.uuid4().hex}", int(time.time()), route.id
+        )
+        prompts = self.endpoint.prompts(req, self.server)
+        priority = _priority(principal, req.priority, header_priority)
+        plan = Plan(req, route, head, prompts, [], priority, streaming, None)
+        plan.route, plan.jobs = await _maybe_in_thread(offload, self._fit, plan)
+        jobs = plan.jobs
+        self.lease.prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
+        self.log.prompt(self.lease.recorder, prompts)
+        plan.key = self._affinity(plan.route, req, jobs)
+        return plan
+
+    def _fit(self, plan: Plan[R]) -> tuple[ModelRoute, list[Job]]:
+        """Tokenize for the plan's model; past its context, for its overflow model."""
         try:
-            return await awaitable
-        except GatewayError as exc:
-            self.pipeline.guards.note_refusal(principal, exc)
-            raise
+            return plan.route, self.jobs_for(plan.route, plan)
+        except ContextLengthExceededError:
+            overflow = self.router.overflow(plan.route)
+            if overflow is None:
+                raise
+            return overflow, self.jobs_for(overflow, plan)
 
-    # -- prompts and jobs --------------------------------------------------------------------
-
-    def _tokenize(self, prompts: list[Prompt]) -> list[list[int]]:
-        return [self._encode(prompt) for prompt in prompts]
-
-    def _encode(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, ChatPrompt):
-            return self.engine.encode_chat(prompt.messages)
-        if isinstance(prompt, TextPrompt):
-            return self.engine.encode_prompt(prompt.text)
-        return prompt.ids
-
-    def _jobs(
-        self,
-        head: ResponseHead,
-        req: R,
-        prompts: list[Prompt],
-        ids: list[list[int]],
-        priority: int,
-        streaming: bool,
-    ) -> list[Job]:
-        jobs = []
-        for i, (prompt, prompt_ids) in enumerate(zip(prompts, ids, strict=True)):
-            max_tokens = self._max_tokens(len(prompt_ids), req.requested_max_tokens)
-            if not streaming:
+    def jobs_for(self, route: ModelRoute, plan: Plan[R]) -> list[Job]:
+        """Every prompt as a job for ``route``: its tokenizer, its context length."""
+        jobs, req, head = [], plan.req, plan.head
+        for i, prompt in enumerate(plan.prompts):
+            ids = _encode(route, prompt)
+            max_tokens = self._max_tokens(route, len(ids), req.requested_max_tokens)
+            if not plan.streaming:
                 self._check_logprobs_memory(req, max_tokens)
-            request_id = head.id if len(prompts) == 1 else f"{head.id}-{i}"
+            request_id = head.id if len(plan.prompts) == 1 else f"{head.id}-{i}"
             options = req.to_sampling_options(max_tokens)
-            jobs.append(Job(request_id, prompt, prompt_ids, options, priority))
+            jobs.append(Job(request_id, prompt, ids, options, plan.priority))
         return jobs
 
-    def _max_tokens(self, prompt_len: int, requested: int | None) -> int:
-        limit = self.engine.model_info.max_model_len
+    def _max_tokens(self, route: ModelRoute, prompt_len: int, requested: int | None) -> int:
+        limit = route.max_model_len
         wanted = requested or self.server.default_max_tokens or max(limit - prompt_len, 1)
         if prompt_len + wanted > limit:
             param = self.endpoint.prompt_param
@@ -227,121 +223,48 @@ class RequestRun(Generic[R]):
                 param="max_tokens",
             )
 
-    # -- the engine ----------------------------------------------------------------------------
+    def _affinity(self, route: ModelRoute, req: R, jobs: list[Job]) -> bytes | None:
+        """A session (X-Session-ID, or the ``user`` field), else for prefix_affinity the
+        first tokens of the prompt; None: no affinity."""
+        session = self.inbound.header(SESSION_HEADER) or getattr(req, "user", None)
+        if session:
+            return session.encode()
+        routing = self.router.catalog.routing
+        if routing.strategy != "prefix_affinity":
+            return None
+        prefix = jobs[0].prompt_ids[: routing.prefix_tokens]
+        return b"".join(token.to_bytes(4, "little") for token in prefix)
 
-    def _generate(self, job: Job) -> AsyncIterator[EngineStep]:
-        stream = self.engine.generate(job.prompt_ids, job.options, job.request_id, job.priority)
-        self.lease.streams.append(stream)
-        self.lease.submitted()
-        return stream
+    async def _admit_work(self, principal: Principal, plan: Plan[R]) -> None:
+        lease, guards = self.lease, self.pipeline.guards
+        options = [job.options for job in plan.jobs]
+        cost = lease.prompt_tokens + sum(o.n * (o.max_tokens or 0) for o in options)
+        assert lease.charge is not None
+        await self._refusing(principal, lease.charge.reserve(cost))
+        admission = guards.admission.acquire(plan.priority, lease.deadline)
+        lease.slot = await self._refusing(principal, admission)
+        if lease.recorder is not None:
+            lease.recorder.admitted(lease.slot.waited_s, plan.priority)
 
-    async def _open_streams(self, jobs: list[Job]) -> list[OpenStream]:
-        """Start every job and wait for its first step, so early errors still get a status."""
-        opened = []
-        for job in jobs:
-            stream = self._generate(job)
-            first = await self.lease.guard.wait(anext(stream))
-            opened.append(OpenStream(first, stream))
-        return opened
-
-    async def _collect(self, jobs: list[Job]) -> list[JobResult]:
-        """Run every job to its end under the deadline; one failing aborts its siblings."""
+    async def _refusing(self, principal: Principal, awaitable: Any) -> Any:
         try:
-            async with self.lease.guard, asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._collect_one(job)) for job in jobs]
-        except BaseExceptionGroup as failures:
-            raise _first_error(failures) from None
-        return [task.result() for task in tasks]
-
-    async def _collect_one(self, job: Job) -> JobResult:
-        choices = [ChoiceResult(index=i) for i in range(job.options.n)]
-        async for step in self._generate(job):
-            self.lease.step(step.num_tokens)
-            for delta in step.choices:
-                choices[delta.index].add(delta)
-        return JobResult(job, choices)
-
-    def _tracked(self, events: AsyncIterator[list[Chunk]]) -> AsyncIterator[list[Chunk]]:
-        self.lease.streams.append(events)  # closed with the lease if the response stops early
-        return events
-
-    async def _events(
-        self, opened: list[OpenStream], formatter: StreamFormatter
-    ) -> AsyncIterator[list[Chunk]]:
-        """The stream's chunks, one list per engine step (the per-token path).
-
-        One stream (every chat request) is read directly, with no wrapping generator per
-        concern; several are merged.
-        """
-        lease, wait = self.lease, self.lease.guard.wait
-        single = len(opened) == 1
-        source: AsyncIterator[Any] = (
-            opened[0].rest if single else merge_streams([prepend(s) for s in opened])
-        )
-        lease.streams.append(source)
-        yield formatter.opening()
-        if single:
-            lease.step(opened[0].first.num_tokens)
-            self._keep_step(opened[0].first)
-            yield formatter.step(0, opened[0].first)
-        while True:
-            try:
-                item = await wait(anext(source))
-            except StopAsyncIteration:
-                break
-            index, step = (0, item) if single else item
-            lease.step(step.num_tokens)
-            if self._log_text is not None:
-                self._keep_step(step)
-            yield formatter.step(index, step)
-        self._keep_completion(self._log_text or ())
-        yield formatter.closing(lease.prompt_tokens, lease.completion_tokens)
-
-    # -- LOG_PROMPTS ---------------------------------------------------------------------------
-
-    def _keep_prompt(self, prompts: list[Prompt]) -> None:
-        recorder = self.lease.recorder
-        if recorder is not None and recorder.ctx.log_prompts:
-            recorder.content(prompt=_clip(repr([_shown(p) for p in prompts])))
-            self._log_text = []
-
-    def _keep_step(self, step: EngineStep) -> None:
-        if self._log_text is not None:
-            self._log_text.extend(delta.text for delta in step.choices)
-
-    def _keep_completion(self, texts: Any) -> None:
-        recorder = self.lease.recorder
-        if recorder is not None and recorder.ctx.log_prompts:
-            recorder.content(completion=_clip("".join(texts)))
+            return await awaitable
+        except GatewayError as exc:
+            self.pipeline.guards.note_refusal(principal, exc)
+            raise
 
 
-def _shown(prompt: Prompt) -> Any:
+def _encode(route: ModelRoute, prompt: Prompt) -> list[int]:
+    tokenizer = route.tokenizer
     if isinstance(prompt, ChatPrompt):
-        return prompt.messages
-    return prompt.text if isinstance(prompt, TextPrompt) else prompt.ids
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= LOG_TEXT_CHARS else text[:LOG_TEXT_CHARS] + "…"
+        return tokenizer.encode_chat(prompt.messages)
+    if isinstance(prompt, TextPrompt):
+        return tokenizer.encode_prompt(prompt.text)
+    return prompt.ids
 
 
 async def _maybe_in_thread(offload: bool, func: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(func, *args) if offload else func(*args)
-
-
-def _first_error(failures: BaseExceptionGroup) -> BaseException:
-    """The error to answer with when sibling jobs fail: a client's mistake before others."""
-    leaves = list(_leaves(failures))
-    gateway = [exc for exc in leaves if isinstance(exc, GatewayError)]
-    return min(gateway, key=lambda exc: exc.status) if gateway else leaves[0]
-
-
-def _leaves(group: BaseExceptionGroup) -> Any:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 def _priority_header(value: str | None) -> int | None:
@@ -364,8 +287,4 @@ def _priority(principal: Principal, body: int | None, header: int | None) -> int
     return min(max([principal.priority, *asked]), LOWEST_PRIORITY)
 
 
-def _note(**fields: Any) -> None:
-    ctx = current_request()
-    if ctx is not None:
-        for name, value in fields.items():
-            setattr(ctx, name, value)
+__all__ = ["Deployment", "GenerationPipeline", "Inbound", "Plan", "RequestRun"]

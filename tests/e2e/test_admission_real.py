@@ -146,7 +146,7 @@ def test_breaker_opens_fails_fast_half_opens_and_closes(
         time.sleep(2.1)
         assert chat(srv.url, 4).status_code == 200
         stats = httpx.get(srv.url + "/resilience/stats").json()
-        assert stats["breaker"]["state"] == "closed"
+        assert stats["deployments"]["local"]["breaker"]["state"] == "closed"
         assert httpx.get(srv.url + "/readyz").status_code == 200
 
 
@@ -158,7 +158,12 @@ def test_client_errors_do_not_trip_the_breaker(
         for _ in range(3):
             assert chat(srv.url, 5000).status_code == 400
         assert chat(srv.url, 4).status_code == 200
-        assert httpx.get(srv.url + "/resilience/stats").json()["breaker"]["state"] == "closed"
+        assert (
+            httpx.get(srv.url + "/resilience/stats").json()["deployments"]["local"]["breaker"][
+                "state"
+            ]
+            == "closed"
+        )
 
 
 def test_error_mid_stream_is_a_final_sse_error_event(

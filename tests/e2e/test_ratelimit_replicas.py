@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.engine.manager import DEFAULT_SERVED_NAME
+from app.engine.settings import DEFAULT_SERVED_NAME
 from tests.e2e.conftest import KeyFileWriter
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer

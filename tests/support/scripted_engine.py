@@ -34,7 +34,7 @@ class ScriptedEngine:
     step_delay_s: float = 0.0
     first_step_delay_s: float = 0.0
     max_model_len: int = 1024
-    served_name: str = "scripted"
+    served_name: str = "tiny-llama"  # the default catalogue's model id
     # When False the engine "hangs": steps still wait, but no output is reported as progress.
     heartbeat: bool = True
     calls: list[tuple[str, Any]] = field(default_factory=list)

@@ -1,0 +1,54 @@
+"""``LocalDeployment``: an in-process engine (today's ``EngineSupervisor`` over vLLM) as a
+deployment. The engine is also its model's tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from app.deployments.base import DeploymentState
+from app.engine.protocol import EngineClient, EngineStep, Job
+
+
+class LocalDeployment:
+    """Runs jobs on ``engine``; starts and stops it only when ``owned``."""
+
+    def __init__(self, state: DeploymentState, engine: EngineClient, owned: bool) -> None:
+        self.state, self.engine, self.owned = state, engine, owned
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.is_ready
+
+    @property
+    def last_progress_at(self) -> float:
+        return self.engine.last_progress_at
+
+    @property
+    def resumable(self) -> bool:
+        return True
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.model_info.max_model_len
+
+    def generate(self, job: Job) -> AsyncIterator[EngineStep]:
+        return self.engine.generate(job.prompt_ids, job.options, job.request_id, job.priority)
+
+    async def start(self) -> None:
+        if self.owned:
+            await self.engine.start()  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self.owned:
+            await self.engine.stop()  # type: ignore[attr-defined]
+
+    def describe(self) -> dict[str, Any]:
+        engine = self.engine
+        return {
+            **self.state.describe(),
+            "ready": engine.is_ready,
+            "unfinished_requests": engine.num_unfinished_requests(),
+            "restarts": getattr(engine, "restarts", 0),
+            "last_failure": getattr(engine, "last_failure", None),
+        }

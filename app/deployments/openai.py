@@ -1,0 +1,218 @@
+"""``OpenAIDeployment``: a remote OpenAI-compatible server, proxied with one pooled httpx
+client (HTTP keep-alive, no client per request).
+
+Failures come back as the deployment's errors (see :mod:`app.deployments.base`): refused
+or dropped connections, 5xx and 429 are retryable on another deployment (a 429's
+``Retry-After`` also cools this one down); other 4xx are the client's; an answer that is
+not the protocol (garbage JSON, a stream cut before ``[DONE]``) is 502; a stream silent for
+``timeout_s`` is 504. Active health checks run in the background: ``failures`` failed
+checks in a row eject the deployment, one success re-admits it (its breaker's trial
+request does the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from app.deployments.base import (
+    BadUpstreamError,
+    DeploymentState,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from app.deployments.sse import StreamCutError, sse_data
+from app.deployments.wire import chat_step, completion_path, completion_step, request_body
+from app.engine.protocol import ChoiceDelta, EngineStep, Job
+from app.errors import GatewayError
+from app.routing.catalog import OpenAIDeploymentSpec
+
+log = logging.getLogger(__name__)
+ERROR_BODY_BYTES = 16 * 1024  # of an upstream's error answer, read to tell the client why
+
+
+class OpenAIDeployment:
+    """Runs jobs on ``spec.base_url`` (whose model is ``spec.model`` or ``model_id``)."""
+
+    def __init__(self, state: DeploymentState, spec: OpenAIDeploymentSpec) -> None:
+        self.state, self.spec = state, spec
+        self.upstream_model = spec.model or state.model_id
+        self.last_progress_at = time.monotonic()
+        self._client = _client(spec)
+        self._checks: asyncio.Task[None] | None = None
+        self._failed_checks = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state.healthy
+
+    @property
+    def resumable(self) -> bool:
+        return self.spec.resume == "tokens"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.check_health()
+        self._checks = asyncio.create_task(self._check_forever(), name=f"health-{self.state.name}")
+
+    async def stop(self) -> None:
+        if self._checks is not None:
+            self._checks.cancel()
+            await asyncio.gather(self._checks, return_exceptions=True)
+        await self._client.aclose()
+
+    async def check_health(self) -> bool:
+        health = self.spec.health
+        try:
+            response = await self._client.get(
+                _root(self.spec.base_url) + health.path, timeout=health.timeout_s
+            )
+            ok = response.is_success
+        except httpx.HTTPError:
+            ok = False
+        self._failed_checks = 0 if ok else self._failed_checks + 1
+        healthy = ok or self._failed_checks < health.failures
+        if healthy != self.state.healthy:
+            log.warning(
+                "deployment %s",
+                "healthy again" if healthy else "ejected: health checks fail",
+                extra={"deployment": self.state.name},
+            )
+        self.state.healthy = healthy
+        return ok
+
+    async def _check_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.health.interval_s)
+            await self.check_health()
+
+    # -- generation ----------------------------------------------------------------------------
+
+    async def generate(self, job: Job) -> AsyncIterator[EngineStep]:
+        spec = self.spec
+        path = completion_path(job, spec.send)
+        body = request_body(job, self.upstream_model, spec.send, spec.priority)
+        parse = chat_step if path == "/chat/completions" else completion_step
+        try:
+            async with self._client.stream("POST", path, content=orjson.dumps(body)) as response:
+                if response.status_code != 200:
+                    raise await self._refusal(response)
+                async for step in self._steps(response, parse):
+                    yield step
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError(f"Deployment {self.state.name} timed out: {exc!r}") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"Deployment {self.state.name} is unreachable: {exc!r}") from exc
+        except StreamCutError as exc:
+            raise BadUpstreamError(f"Deployment {self.state.name} cut its stream: {exc}") from exc
+
+    async def _steps(
+        self, response: httpx.Response, parse: Callable[[dict[str, Any]], EngineStep]
+    ) -> AsyncIterator[EngineStep]:
+        counted = 0
+        async for data in sse_data(response.aiter_bytes()):
+            self.last_progress_at = time.monotonic()
+            chunk = _json(data, self.state.name)
+            if "error" in chunk:
+                raise _stream_error(chunk["error"], self.state.name)
+            step = parse(chunk)
+            counted += step.num_tokens
+            usage = (chunk.get("usage") or {}).get("completion_tokens")
+            if usage is not None and usage > counted:  # servers that send no token ids
+                step.choices.append(ChoiceDelta(0, "", usage - counted))
+                counted = usage
+            if step.choices:
+                yield step
+
+    async def _refusal(self, response: httpx.Response) -> GatewayError:
+        raw = await _read_some(response)
+        message = _error_message(raw) or f"HTTP {response.status_code}"
+        where = f"Deployment {self.state.name} answered {response.status_code}: {message}"
+        status = response.status_code
+        if status == 429 or status >= 500:
+            retry = _retry_after(response)
+            if status == 429:
+                self.state.cool_down(retry or 1.0, where)
+            return UpstreamError(where, retry_after=retry)
+        error = GatewayError(message, code=f"upstream_{status}")
+        error.status = status if 400 <= status < 500 else 502
+        error.type = "invalid_request_error"
+        return error
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.state.describe(), "base_url": self.spec.base_url, "send": self.spec.send}
+
+
+def _client(spec: OpenAIDeploymentSpec) -> httpx.AsyncClient:
+    key = spec.api_key()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers["Content-Type"] = "application/json"
+    timeout = httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s)
+    limits = httpx.Limits(
+        max_connections=spec.max_connections,
+        max_keepalive_connections=spec.max_connections,
+        keepalive_expiry=60.0,
+    )
+    return httpx.AsyncClient(
+        base_url=spec.base_url, headers=headers, timeout=timeout, limits=limits
+    )
+
+
+def _root(base_url: str) -> str:
+    """The server's root: health endpoints live beside /v1, not under it."""
+    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+
+
+def _json(data: bytes, name: str) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise BadUpstreamError(f"Deployment {name} sent an event that is not JSON.") from None
+    if not isinstance(chunk, dict):
+        raise BadUpstreamError(f"Deployment {name} sent an event that is not an object.")
+    return chunk
+
+
+def _stream_error(error: Any, name: str) -> UpstreamError:
+    message = error.get("message") if isinstance(error, dict) else str(error)
+    return UpstreamError(f"Deployment {name} failed mid-stream: {message}")
+
+
+async def _read_some(response: httpx.Response) -> bytes:
+    raw = b""
+    with contextlib.suppress(httpx.HTTPError):
+        async for chunk in response.aiter_raw():
+            raw += chunk
+            if len(raw) >= ERROR_BODY_BYTES:
+                break
+    return raw[:ERROR_BODY_BYTES]
+
+
+def _error_message(raw: bytes) -> str | None:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or "")[:500] or None
+    return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    millis = response.headers.get("retry-after-ms")
+    seconds = response.headers.get("retry-after")
+    try:
+        if millis is not None:
+            return float(millis) / 1000
+        return float(seconds) if seconds is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,196 @@
+"""``DeploymentPool``: the live deployments, built from a catalogue and kept across reloads.
+
+A reload builds a new :class:`Router` from the new catalogue: a deployment whose spec did
+not change is the same object (its engine, connections, breaker and in-flight requests
+carry on); a new one is built and started; one that left is retired — it takes no new
+request, and stops once its last request is done, so a reload drops nothing in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from app.config import Settings
+from app.deployments.base import Deployment, DeploymentState
+from app.deployments.local import LocalDeployment
+from app.deployments.openai import OpenAIDeployment
+from app.engine.protocol import EngineClient
+from app.observability.metrics import GatewayMetrics
+from app.resilience.breaker import BreakerTransition, EngineBreaker
+from app.routing.catalog import (
+    Catalog,
+    DeploymentSpec,
+    LocalDeploymentSpec,
+    ModelSpec,
+    OpenAIDeploymentSpec,
+)
+from app.routing.router import ModelRoute, Router, Tokenizer
+from app.routing.strategies import Strategy
+
+log = logging.getLogger(__name__)
+
+
+class DeploymentPool:
+    """Builds deployments (``given`` engines are the caller's: never started or stopped)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        given: Mapping[str, EngineClient] | None = None,
+    ) -> None:
+        self.settings, self.metrics = settings, metrics
+        self._given = dict(given or {})
+        self._live: dict[str, tuple[str, DeploymentSpec, Deployment]] = {}
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def build(self, catalog: Catalog) -> tuple[Router, list[Deployment], list[Deployment]]:
+        """The router for ``catalog``, the deployments it adds and those it retires."""
+        live: dict[str, tuple[str, DeploymentSpec, Deployment]] = {}
+        added: list[Deployment] = []
+        routes = {}
+        for model in catalog.models:
+            deployments = []
+            for spec in model.deployments:
+                kept = self._live.get(spec.name)
+                if kept is not None and kept[:2] == (model.id, spec):
+                    deployment = kept[2]
+                else:
+                    deployment = self._deployment(model, spec)
+                    added.append(deployment)
+                live[spec.name] = (model.id, spec, deployment)
+                deployments.append(deployment)
+            routes[model.id] = self._route(model, deployments, catalog)
+        retired = [
+            d for name, (_, _, d) in self._live.items() if live.get(name, (0, 0, None))[2] is not d
+        ]
+        self._live = live
+        return Router(catalog, routes), added, retired
+
+    def _route(
+        self, model: ModelSpec, deployments: list[Deployment], catalog: Catalog
+    ) -> ModelRoute:
+        routing = catalog.routing
+        names = [d.state.name for d in deployments]
+        strategy = Strategy(routing.strategy, names, routing.max_load_factor)
+        return ModelRoute(
+            model, deployments, self._tokenizer(model, deployments), strategy, int(time.time())
+        )
+
+    def _tokenizer(self, model: ModelSpec, deployments: list[Deployment]) -> Tokenizer:
+        local = next((d for d in deployments if isinstance(d, LocalDeployment)), None)
+        if local is not None:
+            return local.engine
+        source = str(model.tokenizer)
+        if source not in self._tokenizers:
+            from app.engine.tokenizer import HFTokenizer
+
+            self._tokenizers[source] = HFTokenizer(source, self.settings.engine.trust_remote_code)
+        return self._tokenizers[source]
+
+    def _deployment(self, model: ModelSpec, spec: DeploymentSpec) -> Deployment:
+        state = DeploymentState(
+            spec.name, model.id, spec.kind, self._breaker(spec.name), spec.max_concurrency
+        )
+        if isinstance(spec, OpenAIDeploymentSpec):
+            return OpenAIDeployment(state, spec)
+        given = self._given.get(spec.name)
+        if given is not None:
+            return LocalDeployment(state, given, owned=False)
+        return LocalDeployment(state, self._engine(model, spec), owned=True)
+
+    def _breaker(self, name: str) -> EngineBreaker:
+        metrics = self.metrics
+
+        def on_transition(change: BreakerTransition) -> None:
+            metrics.breaker_changed(change.previous, change.current, deployment=name)
+
+        return EngineBreaker.from_settings(
+            self.settings.resilience, listeners=[on_transition], name=name
+        )
+
+    def _engine(self, model: ModelSpec, spec: LocalDeploymentSpec) -> EngineClient:
+        """A supervised engine; wrapped in the fault-injection seam only when configured."""
+        from app.engine.faults import FaultInjectingEngine
+        from app.engine.manager import EngineManager
+        from app.engine.supervisor import EngineSupervisor
+
+        overrides: dict[str, Any] = {
+            "served_model_name": model.id,
+            "model_name": spec.model or self.settings.engine.model_name,
+            **{
+                field: value
+                for field, value in spec.model_dump(
+                    include={
+                        "max_model_len", "dtype", "kv_cache_gb", "max_num_seqs",
+                        "gpu_memory_utilization", "tensor_parallel_size",
+                        "pipeline_parallel_size", "distributed_executor_backend",
+                    }
+                ).items()
+                if value is not None
+            },
+        }  # fmt: skip
+        engine_settings = self.settings.engine.model_copy(update=overrides)
+        plan = engine_settings.fault_injection
+
+        def factory() -> Any:
+            manager = EngineManager(engine_settings)
+            return FaultInjectingEngine(manager, plan) if plan is not None else manager
+
+        return EngineSupervisor(
+            factory,
+            self.settings.resilience.engine_stall_s,
+            on_restart=self.metrics.engine_restarted,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, deployments: list[Deployment], on_fatal: Any = None) -> None:
+        """Start ``deployments`` in the background (an engine loads for ~15 s)."""
+        for deployment in deployments:
+            self._spawn(self._start_one(deployment, on_fatal))
+
+    async def _start_one(self, deployment: Deployment, on_fatal: Any) -> None:
+        timeout = self.settings.engine.startup_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await deployment.start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(
+                    f"deployment {deployment.state.name} was not ready within "
+                    f"STARTUP_TIMEOUT_S={timeout:g}s"
+                )
+            log.critical("deployment failed to start: %s", exc, exc_info=exc)
+            if on_fatal is not None and isinstance(deployment, LocalDeployment):
+                on_fatal(exc)
+
+    def retire(self, deployments: list[Deployment]) -> None:
+        """Stop ``deployments`` once their requests in flight are done."""
+        for deployment in deployments:
+            self._spawn(self._retire_one(deployment))
+
+    async def _retire_one(self, deployment: Deployment) -> None:
+        await deployment.state.drained()
+        await deployment.stop()
+        log.warning("deployment retired", extra={"deployment": deployment.state.name})
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stop(self) -> None:
+        """Cancel background work and stop every live deployment."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for _, _, deployment in self._live.values():
+            await deployment.stop()

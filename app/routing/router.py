@@ -1,0 +1,154 @@
+"""``Router``: the models of one catalogue, resolved to their deployments.
+
+Per request it answers: which model a name means (id or alias, 404 otherwise), which model
+a too-long request goes to (``context_overflow``), and in which order to try deployments:
+the model's available ones ordered by its strategy, then those of each ``fallbacks`` model
+in turn. A router is immutable; a new catalogue makes a new one, swapped in whole, so a
+request in flight keeps the router (and deployments) it started with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from app.auth.keys import Principal
+from app.deployments.base import Deployment
+from app.errors import ModelNotFoundError
+from app.routing.catalog import Catalog, ModelSpec
+from app.routing.strategies import Strategy
+
+
+class Tokenizer(Protocol):
+    def encode_prompt(self, text: str) -> list[int]: ...
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+
+class _Ranked:
+    """A deployment as the strategies see it."""
+
+    __slots__ = ("deployment",)
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+
+    @property
+    def name(self) -> str:
+        return self.deployment.state.name
+
+    @property
+    def load(self) -> int:
+        return self.deployment.state.in_flight
+
+
+@dataclass
+class ModelRoute:
+    """One model: its spec, deployments, tokenizer and how it orders them."""
+
+    spec: ModelSpec
+    deployments: list[Deployment]
+    tokenizer: Tokenizer
+    strategy: Strategy
+    created: int
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def max_model_len(self) -> int:
+        """``context_length`` when set, else the local engine's (503 while it loads)."""
+        if self.spec.context_length is not None:
+            return self.spec.context_length
+        local: Any = next(d for d in self.deployments if hasattr(d, "max_model_len"))
+        return int(local.max_model_len)
+
+    def ordered(self, key: bytes | None) -> list[Deployment]:
+        """Available deployments by the strategy; unavailable ones are not tried."""
+        usable = [_Ranked(d) for d in self.deployments if d.ready and d.state.available()]
+        if not usable:
+            return []
+        ranked = self.strategy.order(usable, key)
+        free = [r.deployment for r in ranked if not r.deployment.state.saturated]
+        return free + [r.deployment for r in ranked if r.deployment.state.saturated]
+
+    @property
+    def live(self) -> bool:
+        return any(d.ready and d.state.status() != "down" for d in self.deployments)
+
+    def card(self, name: str) -> dict[str, Any]:
+        card: dict[str, Any] = {
+            "id": name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "llm-gateway",
+        }
+        if name != self.id:
+            card["root"] = self.id
+        with contextlib.suppress(Exception):  # a local engine still loading: no length yet
+            card["max_model_len"] = self.max_model_len
+        return card
+
+
+class Router:
+    """One catalogue's routes; see the module docstring."""
+
+    def __init__(self, catalog: Catalog, routes: Mapping[str, ModelRoute]) -> None:
+        self.catalog = catalog
+        self.routes = dict(routes)
+        self._names = {
+            name: self.routes[model.id]
+            for model in catalog.models
+            for name in (model.id, *model.aliases)
+        }
+
+    @property
+    def default(self) -> ModelRoute:
+        return self.routes[self.catalog.models[0].id]
+
+    def resolve(self, name: str | None, principal: Principal) -> ModelRoute:
+        """The model ``name`` means (``None``: the first one); 404 for an unknown name or
+        one the key may not use — as OpenAI does, a model a key cannot see does not exist."""
+        route = self.default if name is None else self._names.get(name)
+        if route is None or not (principal.can_use(route.id) or principal.can_use(name or "")):
+            raise ModelNotFoundError(
+                f"The model `{name}` does not exist or you do not have access to it.",
+                param="model",
+            )
+        return route
+
+    def overflow(self, route: ModelRoute) -> ModelRoute | None:
+        target = self.catalog.context_overflow.get(route.id)
+        return self.routes[target] if target is not None else None
+
+    def plan(self, route: ModelRoute, key: bytes | None) -> list[tuple[ModelRoute, Deployment]]:
+        """Where to try a request, in order: the model's deployments, then its fallbacks'."""
+        plan = [(route, d) for d in route.ordered(key)]
+        for fallback in route.spec.fallbacks:
+            other = self.routes[fallback]
+            plan += [(other, d) for d in other.ordered(key)]
+        return plan
+
+    def cards(self, principal: Principal) -> list[dict[str, Any]]:
+        """``GET /v1/models``: every model and alias the key may use."""
+        return [
+            route.card(name)
+            for name, route in self._names.items()
+            if principal.can_use(route.id) or principal.can_use(name)
+        ]
+
+    def unavailable_models(self) -> list[str]:
+        """Models with no live deployment and no live fallback."""
+        return [
+            route.id
+            for route in self.routes.values()
+            if not route.live and not any(self.routes[f].live for f in route.spec.fallbacks)
+        ]
+
+    def deployments(self) -> list[Deployment]:
+        return [d for route in self.routes.values() for d in route.deployments]

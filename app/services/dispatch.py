@@ -1,0 +1,202 @@
+"""Running a planned request on a deployment, failing over before the first byte.
+
+The router gives the order (the model's available deployments, then its fallbacks'). Each
+is tried while the request's deadline lasts, at most ``routing.max_attempts`` of them: its
+breaker must let the request through; then a stream must deliver its first step (or a
+non-streamed answer must complete). A retryable failure there — a dead or restarting
+engine, a refused connection, 5xx, 429, a garbled or cut stream — settles that deployment
+(its breaker hears it) and the next is tried; a client's mistake is answered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic
+
+from app.deployments.base import Deployment, UpstreamError
+from app.engine.protocol import EngineStep, Job
+from app.errors import ContextLengthExceededError, EngineUnavailableError, GatewayError
+from app.observability.context import note_request
+from app.routing.router import ModelRoute, Router
+from app.services.endpoint import Chunk, Endpoint, JobResult, R, Reply, StreamFormatter
+from app.services.formatting import ChoiceResult, ResponseHead
+from app.services.lease import RequestLease
+from app.services.prompt_log import PromptLog
+from app.services.streams import OpenStream, merge_streams, prepend
+
+log = logging.getLogger(__name__)
+NO_DEPLOYMENT_RETRY_S = 5.0
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether another deployment may answer instead (the engine, not the request, failed)."""
+    if isinstance(error, UpstreamError):
+        return error.retryable
+    return isinstance(error, EngineUnavailableError)
+
+
+class Dispatch(Generic[R]):
+    """One request's attempts; :meth:`run` returns the reply of the one that answered."""
+
+    def __init__(
+        self,
+        lease: RequestLease,
+        router: Router,
+        endpoint: Endpoint[R],
+        log_: PromptLog,
+        rebuild: Callable[[ModelRoute, Any], list[Job]],
+    ) -> None:
+        self.lease, self.router, self.endpoint, self.log = lease, router, endpoint, log_
+        self._rebuild = rebuild
+
+    async def run(self, plan: Any) -> Reply:
+        attempts = self.router.plan(plan.route, plan.key)
+        attempts = attempts[: self.router.catalog.routing.max_attempts]
+        last: BaseException | None = None
+        for route, deployment in attempts:
+            jobs = self._jobs(route, plan)
+            permit = _admit(deployment)
+            if jobs is None or permit is None:
+                continue
+            self.lease.use(deployment, permit)
+            note_request(model=route.id, deployment=deployment.state.name)
+            try:
+                return await self._answer(plan, route, deployment, jobs)
+            except GatewayError as exc:
+                if not retryable(exc) or self.lease.deadline.expired:
+                    raise
+                log.warning(
+                    "deployment failed before the answer; trying the next",
+                    extra={"deployment": deployment.state.name, "error": exc.message},
+                )
+                await self.lease.leave(exc)
+                last = exc
+        raise last or _none_available(plan.route, attempts)
+
+    def _jobs(self, route: ModelRoute, plan: Any) -> list[Job] | None:
+        if route is plan.route:
+            return list(plan.jobs)
+        try:  # a fallback model: its own tokenizer and context length
+            return self._rebuild(route, plan)
+        except ContextLengthExceededError:
+            return None
+
+    async def _answer(
+        self, plan: Any, route: ModelRoute, deployment: Deployment, jobs: list[Job]
+    ) -> Reply:
+        head = plan.head if route is plan.route else _head_for(plan.head, route)
+        assert self.lease.charge is not None
+        headers = self.lease.charge.headers()
+        decode = route.tokenizer.decode
+        if plan.streaming:
+            opened = await self._open_streams(deployment, jobs)
+            formatter = self.endpoint.formatter(head, plan.req, jobs, decode)
+            events = self._events(opened, formatter)
+            self.lease.streams.append(events)  # closed with the lease if the reply stops early
+            return Reply(headers, events=events)
+        results = await self._collect(deployment, jobs)
+        self.log.completion(c.text for r in results for c in r.choices)
+        return Reply(headers, body=self.endpoint.body(head, plan.req, results, decode))
+
+    def _generate(self, deployment: Deployment, job: Job) -> AsyncIterator[EngineStep]:
+        stream = deployment.generate(job)
+        self.lease.streams.append(stream)
+        self.lease.submitted()
+        return stream
+
+    async def _open_streams(self, deployment: Deployment, jobs: list[Job]) -> list[OpenStream]:
+        """Start every job and wait for its first step, so early errors still get a status."""
+        opened = []
+        for job in jobs:
+            stream = self._generate(deployment, job)
+            try:
+                first = await self.lease.guard.wait(anext(stream))
+            except StopAsyncIteration:  # an upstream that answered nothing at all
+                first = EngineStep([], finished=True)
+            opened.append(OpenStream(first, stream))
+        return opened
+
+    async def _collect(self, deployment: Deployment, jobs: list[Job]) -> list[JobResult]:
+        """Run every job to its end under the deadline; one failing aborts its siblings."""
+        try:
+            async with self.lease.guard, asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._collect_one(deployment, job)) for job in jobs]
+        except BaseExceptionGroup as failures:
+            raise _first_error(failures) from None
+        return [task.result() for task in tasks]
+
+    async def _collect_one(self, deployment: Deployment, job: Job) -> JobResult:
+        choices = [ChoiceResult(index=i) for i in range(job.options.n)]
+        async for step in self._generate(deployment, job):
+            self.lease.step(step.num_tokens)
+            for delta in step.choices:
+                choices[delta.index].add(delta)
+        return JobResult(job, choices)
+
+    async def _events(
+        self, opened: list[OpenStream], formatter: StreamFormatter
+    ) -> AsyncIterator[list[Chunk]]:
+        """The stream's chunks, one list per engine step (the per-token path).
+
+        One stream (every chat request) is read directly, with no wrapping generator per
+        concern; several are merged.
+        """
+        lease, wait, prompt_log = self.lease, self.lease.guard.wait, self.log
+        single = len(opened) == 1
+        source: AsyncIterator[Any] = (
+            opened[0].rest if single else merge_streams([prepend(s) for s in opened])
+        )
+        lease.streams.append(source)
+        yield formatter.opening()
+        if single:
+            lease.step(opened[0].first.num_tokens)
+            prompt_log.step(opened[0].first)
+            yield formatter.step(0, opened[0].first)
+        while True:
+            try:
+                item = await wait(anext(source))
+            except StopAsyncIteration:
+                break
+            index, step = (0, item) if single else item
+            lease.step(step.num_tokens)
+            if prompt_log.texts is not None:
+                prompt_log.step(step)
+            yield formatter.step(index, step)
+        prompt_log.completion()
+        yield formatter.closing(lease.prompt_tokens, lease.completion_tokens)
+
+
+def _admit(deployment: Deployment) -> Any:
+    try:
+        return deployment.state.breaker.admit()
+    except EngineUnavailableError:
+        return None  # open, or its half-open trial is taken: not this one
+
+
+def _none_available(route: ModelRoute, attempts: list[Any]) -> EngineUnavailableError:
+    waits = [d.state.breaker.retry_after() for d in route.deployments]
+    retry = min((w for w in waits if w > 0), default=NO_DEPLOYMENT_RETRY_S)
+    return EngineUnavailableError(
+        f"No deployment of model `{route.id}` is available right now.", retry_after=retry
+    )
+
+
+def _head_for(head: ResponseHead, route: ModelRoute) -> ResponseHead:
+    return ResponseHead(head.id, head.created, route.id)
+
+
+def _first_error(failures: BaseExceptionGroup) -> BaseException:
+    """The error to answer with when sibling jobs fail: a client's mistake before others."""
+    leaves = list(_leaves(failures))
+    gateway = [exc for exc in leaves if isinstance(exc, GatewayError)]
+    return min(gateway, key=lambda exc: exc.status) if gateway else leaves[0]
+
+
+def _leaves(group: BaseExceptionGroup) -> Any:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
