@@ -70,7 +70,11 @@ def serve(settings: Settings, host: str, port: int) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_fatal=on_fatal)
+    try:
+        app = create_app(settings, on_fatal=on_fatal)
+    except ConfigError as exc:  # e.g. MODELS_FILE, read when the app is built
+        print(exc, file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         app,
         host=host,

@@ -217,6 +217,9 @@ class CompletionRequest(_SamplingRequest):
     max_tokens: int | None = Field(default=16, ge=1)
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
+    # vLLM's extension: each choice (and chunk) carries its token ids. Another gateway or
+    # router in front of this one asks for them to count, and resume, exactly.
+    return_token_ids: bool = False
 
     @field_validator("prompt")
     @classmethod

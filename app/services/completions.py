@@ -54,7 +54,9 @@ class CompletionEndpoint:
                 choices.append(choice)
                 prefixes.append(echoes[p])
         prompt_tokens = sum(r.prompt_tokens for r in results)
-        return fmt.completion(head, choices, prompt_tokens, req.logprobs is not None, prefixes)
+        return fmt.completion(
+            head, choices, prompt_tokens, req.logprobs is not None, prefixes, req.return_token_ids
+        )
 
     def formatter(
         self, head: fmt.ResponseHead, req: CompletionRequest, jobs: list[Job], decode: Decode
@@ -72,11 +74,12 @@ def _echo(req: CompletionRequest, job: Job, decode: Decode) -> str:
 class CompletionStream:
     """A chunk per choice that advanced, its echo first; text offsets for logprobs."""
 
-    __slots__ = ("echoes", "head", "include_usage", "logprobs", "n", "offsets")
+    __slots__ = ("echoes", "head", "include_usage", "logprobs", "n", "offsets", "token_ids")
 
     def __init__(self, head: fmt.ResponseHead, req: CompletionRequest, echoes: list[str]):
         self.head, self.n, self.echoes = head, req.n, echoes
         self.logprobs, self.include_usage = req.logprobs is not None, req.include_usage
+        self.token_ids = req.return_token_ids
         self.offsets: dict[int, int] = {}
 
     def opening(self) -> list[Chunk]:
@@ -90,11 +93,12 @@ class CompletionStream:
             offset = self.offsets.get(index, 0) + len(prefix)
             self.offsets[index] = offset + len(delta.text)
             logprobs = fmt.completion_logprobs(delta.logprobs, offset) if self.logprobs else None
-            chunks.append(
-                fmt.completion_chunk(
-                    self.head, index, prefix + delta.text, delta.finish_reason, logprobs
-                )
+            chunk = fmt.completion_chunk(
+                self.head, index, prefix + delta.text, delta.finish_reason, logprobs
             )
+            if self.token_ids:
+                chunk["choices"][0]["token_ids"] = list(delta.token_ids or ())
+            chunks.append(chunk)
         return chunks
 
     def closing(self, prompt_tokens: int, completion_tokens: int) -> list[Chunk]:

@@ -22,6 +22,7 @@ class ChoiceResult:
     num_tokens: int = 0
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
 
     def add(self, delta: ChoiceDelta) -> None:
         self.text += delta.text
@@ -29,6 +30,8 @@ class ChoiceResult:
         self.finish_reason = delta.finish_reason or self.finish_reason
         if delta.logprobs:
             self.logprobs.extend(delta.logprobs)
+        if delta.token_ids:
+            self.token_ids.extend(delta.token_ids)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -144,6 +147,7 @@ def completion(
     prompt_tokens: int,
     with_logprobs: bool,
     prefixes: Sequence[str],
+    with_token_ids: bool = False,
 ) -> dict[str, Any]:
     body = head.envelope("text_completion")
     body["choices"] = [
@@ -157,6 +161,9 @@ def completion(
         }
         for i, c in enumerate(choices)
     ]
+    if with_token_ids:  # vLLM's extension, asked for with return_token_ids
+        for choice, result in zip(body["choices"], choices, strict=True):
+            choice["token_ids"] = result.token_ids
     body["usage"] = usage(prompt_tokens, sum(c.num_tokens for c in choices))
     return body
 

@@ -170,6 +170,8 @@ class RequestRun(Generic[R]):
         priority = _priority(principal, req.priority, header_priority)
         plan = Plan(req, route, head, prompts, [], priority, streaming, None)
         plan.route, plan.jobs = await _maybe_in_thread(offload, self._fit, plan)
+        if plan.route is not route:  # the overflow model answers, in name too
+            plan.head = ResponseHead(head.id, head.created, plan.route.id)
         jobs = plan.jobs
         self.lease.prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
         self.log.prompt(self.lease.recorder, prompts)

@@ -1,0 +1,165 @@
+"""A real gateway process with two in-process engines of one model (``local-a`` and
+``local-b`` from a MODELS_FILE): both serve; SIGKILL of one engine core with requests in
+flight and queued sends the queued ones to the other at once, and the killed one is
+re-admitted when its supervisor has restarted it; SIGHUP reloads the file. A MODELS_FILE
+with mistakes stops start-up with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.process import ROOT, GatewayProcess
+
+pytestmark = pytest.mark.slow
+STORY = [{"role": "user", "content": "Tell me a story"}]
+TWO_ENGINES = {
+    "models": [
+        {
+            "id": "tiny-llama",
+            "deployments": [
+                {"name": "local-a", "kind": "local"},
+                {"name": "local-b", "kind": "local"},
+            ],
+        }
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = Path(tmp_path_factory.mktemp("models")) / "models.yaml"
+    path.write_text(yaml.safe_dump(TWO_ENGINES), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    models_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    env = {
+        "MODELS_FILE": str(models_file),
+        "MODELS_RELOAD_S": "3600",  # only SIGHUP reloads, in these tests
+        "CONCURRENCY_LIMIT": "4",
+        "BREAKER_RESET_TIMEOUT_S": "2",
+    }
+    process = GatewayProcess(Path(tmp_path_factory.mktemp("gw")), env, name="failover")
+    process.start()  # ready once one engine of the model is: wait for the second too
+    started = time.monotonic()
+    while not all(d["ready"] for d in deployments(process.url).values()):
+        assert time.monotonic() - started < 300, "second engine never ready"
+        time.sleep(0.5)
+    yield process
+    process.stop()
+
+
+def chat(url: str, max_tokens: int = 8) -> httpx.Response:
+    body = {"model": "tiny-llama", "messages": STORY, "max_tokens": max_tokens}
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+
+
+def deployments(url: str) -> dict[str, Any]:
+    return dict(httpx.get(url + "/resilience/stats", timeout=10).json()["deployments"])
+
+
+def test_two_engines_in_one_process_both_serve(gateway: GatewayProcess) -> None:
+    served = Counter(chat(gateway.url).headers["x-deployment"] for _ in range(6))
+    assert set(served) == {"local-a", "local-b"}, served
+
+
+def _stream(url: str, out: dict[str, Any]) -> None:
+    body = {"model": "tiny-llama", "messages": STORY, "max_tokens": 600, "stream": True}
+    body["ignore_eos"] = True
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
+        out["deployment"] = response.headers.get("x-deployment")
+        out["lines"] = [line for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def _queued(url: str, out: dict[str, Any]) -> None:
+    response = chat(url)
+    out.update(status=response.status_code, deployment=response.headers.get("x-deployment"))
+    out["at"] = time.monotonic()
+
+
+def test_killing_one_engine_sends_queued_requests_to_the_other(gateway: GatewayProcess) -> None:
+    """Four streams fill the four slots, four requests queue behind them; SIGKILL one
+    engine core. The queued requests are all served, by the other engine; the streams of
+    the killed one end with an error event; after its restart it serves again. Prints
+    kill → first queued request served elsewhere."""
+    streams: list[dict[str, Any]] = [{} for _ in range(4)]
+    queued: list[dict[str, Any]] = [{} for _ in range(4)]
+    threads = [threading.Thread(target=_stream, args=(gateway.url, s)) for s in streams]
+    threads += [threading.Thread(target=_queued, args=(gateway.url, q)) for q in queued]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)
+    time.sleep(0.5)
+    gateway.engine_core().send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    for thread in threads:
+        thread.join(timeout=60)
+    dead = [name for name, d in deployments(gateway.url).items() if not d["ready"]]
+    assert len(dead) == 1, dead
+    alive = ({"local-a", "local-b"} - set(dead)).pop()
+    assert {q["status"] for q in queued} == {200}
+    assert {q["deployment"] for q in queued} == {alive}
+    for stream in streams:
+        last = json.loads(stream["lines"][-2][6:])  # the event before [DONE]
+        if stream["deployment"] == dead[0]:
+            assert last["error"]["code"] == "engine_unavailable"
+        else:
+            assert last["choices"][0]["finish_reason"] == "length"
+    first_served = min(q["at"] for q in queued) - killed
+    started = time.monotonic()
+    while not deployments(gateway.url)[dead[0]]["ready"]:
+        assert time.monotonic() - started < 120, "not restarted"
+        time.sleep(0.5)
+    restarted = time.monotonic() - killed
+    served = {chat(gateway.url).headers["x-deployment"] for _ in range(6)}
+    assert served == {"local-a", "local-b"}
+    print(f"\nengine kill: first queued request served by {alive} {first_served:.2f}s after; "
+          f"{dead[0]} back after {restarted:.1f}s")  # fmt: skip
+
+
+def test_sighup_reloads_the_models_file(gateway: GatewayProcess, models_file: Path) -> None:
+    """With MODELS_RELOAD_S an hour, a changed file takes effect on SIGHUP, at once."""
+    document = json.loads(json.dumps(TWO_ENGINES))
+    document["models"][0]["aliases"] = ["hup"]
+    models_file.write_text(yaml.safe_dump(document), encoding="utf-8")
+    body = {"model": "hup", "prompt": "hi", "max_tokens": 2}
+    assert httpx.post(gateway.url + "/v1/completions", json=body).status_code == 404
+    gateway.signal(signal.SIGHUP)
+    started = time.monotonic()
+    while httpx.post(gateway.url + "/v1/completions", json=body).status_code != 200:
+        assert time.monotonic() - started < 5, "SIGHUP did not reload"
+        time.sleep(0.1)
+
+
+def test_a_models_file_with_mistakes_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    """Exit status 2 and one line naming the file and the mistake; no engine started."""
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  - id: m\n    deployments: [{name: a, kind: lcoal}]\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "MODELS_FILE": str(path), "LOG_JSON": "false"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "MODELS_FILE" in line]
+    assert len(errors) == 1 and "models[0].deployments[0]" in errors[0], done.stderr[-2000:]
