@@ -120,6 +120,7 @@ class BenchConfig:
     plot: Path
     command: str
     cpu_plan: CpuPlan | None = None
+    proxy: bool = False
     errors: list[str] = field(default_factory=list)
 
     def prompts_for(self, level: int) -> int:
@@ -139,7 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--input-len", type=int, default=128, help="prompt tokens")
     parser.add_argument("--output-len", type=int, default=128, help="output tokens")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="default: docs/benchmarks.md (--proxy: " "docs/benchmarks-proxy.md)",
+    )
+    parser.add_argument(
+        "--proxy",
+        action="store_true",
+        help="the gateway with only a kind: openai deployment in front of vLLM's server, "
+        "against that server directly (see loadtest/proxy.py)",
+    )
     parser.add_argument("--plot", type=Path, help="default: --out with .png")
     parser.add_argument("--model-path", type=Path, default=DEFAULT_MODEL)
     parser.add_argument(
@@ -191,6 +202,7 @@ def parse_config(argv: Sequence[str]) -> BenchConfig:
     if not (args.model_path / "config.json").exists():
         parser.error(f"no model at {args.model_path}; build it: python -m app.engine.default_model")
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or ROOT / "docs" / ("benchmarks-proxy.md" if args.proxy else "benchmarks.md")
     return BenchConfig(
         levels=levels,
         num_prompts=args.num_prompts,
@@ -205,10 +217,11 @@ def parse_config(argv: Sequence[str]) -> BenchConfig:
         startup_timeout_s=args.startup_timeout,
         level_timeout_s=args.level_timeout,
         repeats=args.repeats,
-        out=args.out,
-        plot=args.plot or args.out.with_suffix(".png"),
+        out=out,
+        plot=args.plot or out.with_suffix(".png"),
         command=shlex.join(["python", "-m", "loadtest.bench", *argv]),
         cpu_plan=CpuPlan.split() if args.cpu_pinning == "auto" else None,
+        proxy=args.proxy,
     )
 
 
@@ -533,7 +546,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"tokens; servers {config.servers}; raw results in {config.work_dir}",
         flush=True,
     )
-    results = run_benchmark(config)
+    if config.proxy:
+        from loadtest.proxy import run_proxy_benchmark
+
+        results = run_proxy_benchmark(config)
+    else:
+        results = run_benchmark(config)
     write_report(config, results)
     print(f"\nwrote {config.out} and {config.plot}\n")
     print(ratio_table(compare(results)))

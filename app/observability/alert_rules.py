@@ -91,6 +91,16 @@ def engine_down(w: Window, s: ObservabilitySettings) -> Reading:
     return Reading(up, 0, up == 0)
 
 
+def deployment_down(w: Window, s: ObservabilitySettings) -> Reading:
+    up = min(w.gauges("gateway_deployment_up"), default=None)
+    return Reading(up, 0, up == 0)
+
+
+def model_unavailable(w: Window, s: ObservabilitySettings) -> Reading:
+    available = min(w.gauges("gateway_model_available"), default=None)
+    return Reading(available, 0, available == 0)
+
+
 def engine_restarting(w: Window, s: ObservabilitySettings) -> Reading:
     restarts = w.increase("gateway_engine_restarts_total")
     return _above(restarts, s.alert_engine_restarts, inclusive=True)
@@ -142,6 +152,12 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
     AlertRule("GatewayEngineDown", "critical", 5 * MINUTE, 0,
               "The inference engine is not up.",
               "", ("gateway_engine_up",), engine_down),
+    AlertRule("GatewayDeploymentDown", "warning", 2 * MINUTE, 0,
+              "A deployment is down (ejected, not loaded, or its breaker is open).",
+              "", ("gateway_deployment_up",), deployment_down),
+    AlertRule("GatewayModelUnavailable", "critical", MINUTE, 0,
+              "A model has no live deployment and no live fallback.",
+              "", ("gateway_model_available",), model_unavailable),
     AlertRule("GatewayEngineRestarting", "critical", 0, 30 * MINUTE,
               "The inference engine keeps restarting.",
               "alert_engine_restarts", ("gateway_engine_restarts_total",), engine_restarting),

@@ -1,0 +1,108 @@
+"""The proxy run of ``python dev.py bench --proxy``: the gateway with only a ``kind: openai``
+deployment in front of vLLM's server, against that server directly, in one run.
+
+One vLLM server stays up for the whole run and both paths hit it: direct (the client talks
+to vLLM) and proxied (the client talks to the gateway, which sends token ids to vLLM and
+streams back). Levels alternate between the two (direct then proxy, then the other order
+on the next repeat) so the machine's drift hits both alike. The gateway runs with every
+feature on (keys, limits, queue) as in the engine benchmark, and its API process shares
+the front-end CPU with vLLM's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loadtest.bench import (
+    GATEWAY_FEATURE_ENV,
+    SERVED_NAME,
+    BenchConfig,
+    Runs,
+    _run_level,
+    start_and_warm,
+    stop_server,
+    vllm_server,
+)
+from loadtest.bench_report import BASELINE, CANDIDATE, combine_runs
+from loadtest.pinning import CpuMeter, per_1k_tokens_ms
+from loadtest.servers import ServerProcess, free_port, gateway_argv
+
+DIRECT, PROXIED = BASELINE, CANDIDATE  # the report's two columns: vLLM direct, through us
+
+
+def models_file(config: BenchConfig, vllm_url: str) -> Path:
+    """One model, one deployment: vLLM's server, sent token ids."""
+    document = {
+        "models": [
+            {
+                "id": SERVED_NAME,
+                "deployments": [
+                    {"name": "vllm", "kind": "openai", "base_url": f"{vllm_url}/v1",
+                     "send": "tokens", "max_connections": 512}
+                ],
+                "context_length": 2048,
+                "tokenizer": str(config.model_path),
+            }
+        ]
+    }  # fmt: skip
+    path = config.work_dir / "proxy-models.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def proxy_gateway(config: BenchConfig, vllm_url: str) -> ServerProcess:
+    features = {k: v.replace("{api_key}", config.api_key) for k, v in GATEWAY_FEATURE_ENV.items()}
+    env = {**os.environ, **features, "MODELS_FILE": str(models_file(config, vllm_url))}
+    port = free_port()
+    return ServerProcess(
+        "gateway (proxy)", gateway_argv(port), port, "/readyz",
+        config.work_dir / "proxy-gateway.log", env=env,
+    )  # fmt: skip
+
+
+def run_proxy_benchmark(config: BenchConfig) -> dict[str, dict[int, dict[str, Any]]]:
+    """Both paths, every level, ``config.repeats`` times; medians per path and level."""
+    runs: Runs = {side: {level: [] for level in config.levels} for side in (DIRECT, PROXIED)}
+    vllm = vllm_server(config, free_port())
+    if not start_and_warm(config, DIRECT, vllm):
+        return {}
+    gateway = proxy_gateway(config, vllm.base_url)
+    try:
+        if not start_and_warm(config, PROXIED, gateway):
+            return {}
+        assert gateway.proc is not None
+        meters = {DIRECT: None, PROXIED: CpuMeter(gateway.proc.pid)}
+        urls = {DIRECT: vllm.base_url, PROXIED: gateway.base_url}
+        for repeat in range(config.repeats):
+            order = (DIRECT, PROXIED) if repeat % 2 == 0 else (PROXIED, DIRECT)
+            for level in config.levels:
+                for side in order:
+                    _measure(config, side, urls[side], level, repeat, meters[side], runs)
+    finally:
+        stop_server(PROXIED, gateway)
+        stop_server(DIRECT, vllm)
+    return {
+        side: {level: combine_runs(level_runs) for level, level_runs in per.items() if level_runs}
+        for side, per in runs.items()
+    }
+
+
+def _measure(
+    config: BenchConfig,
+    side: str,
+    url: str,
+    level: int,
+    repeat: int,
+    meter: CpuMeter | None,
+    runs: Runs,
+) -> None:
+    before = meter.sample() if meter else None
+    result = _run_level(config, side, url, level, repeat)
+    if result is not None and meter is not None and before is not None:
+        tokens = int(result.get("total_output_tokens") or 0)
+        result.update(per_1k_tokens_ms(before, meter.sample(), tokens))
+    runs[side][level].append(result or {"completed": 0, "failed": config.prompts_for(level)})
