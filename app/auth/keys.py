@@ -261,7 +261,11 @@ class KeyStore:
         there are; raises :class:`KeyFileError` (and keeps the old set) if the file is bad."""
         if self._settings is None:
             return len(self)
-        self._records = self._checked(_records(self._settings, self._priorities))
+        records = self._checked(_records(self._settings, self._priorities))
+        if self.enabled and not records:
+            # An empty file is what a half-written one reads as: never lock everyone out.
+            raise KeyFileError("API_KEYS_FILE holds no key (half written?); keeping the old keys")
+        self._records = records
         return len(self)
 
     def _checked(self, records: Sequence[KeyRecord]) -> tuple[KeyRecord, ...]:

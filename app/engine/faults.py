@@ -33,6 +33,10 @@ class FaultPlan(BaseModel):
     )
     stall_requests: int = Field(default=0, ge=0, description="The next N requests stall.")
     stall_s: float = Field(default=3600.0, gt=0, description="How long a stall lasts.")
+    die_requests: int = Field(
+        default=0, ge=0, description="The next N requests see the engine die (503)."
+    )
+    die_after_steps: int = Field(default=0, ge=0, description="... after this many steps.")
 
 
 class FaultInjectingEngine:
@@ -78,7 +82,7 @@ class FaultInjectingEngine:
         request_id: str,
         priority: int = 0,
     ) -> AsyncIterator[EngineStep]:
-        fail, stall = self._draw()
+        fail, stall, die = self._draw()
         stream = self.inner.generate(prompt_token_ids, options, request_id, priority)
         try:
             steps = 0
@@ -87,6 +91,11 @@ class FaultInjectingEngine:
             async for step in stream:
                 if stall:
                     await self._stall()
+                if die and steps >= self.plan.die_after_steps:
+                    # As a killed engine core: the request fails as EngineDeadError would.
+                    raise EngineUnavailableError(
+                        "The engine has stopped (injected).", retry_after=5
+                    )
                 yield step
                 steps += 1
                 if fail and steps >= (self.plan.fail_after_steps or 0):
@@ -94,8 +103,10 @@ class FaultInjectingEngine:
         finally:
             await stream.aclose()
 
-    def _draw(self) -> tuple[bool, bool]:
-        fail, stall = self.plan.fail_requests > 0, self.plan.stall_requests > 0
-        self.plan.fail_requests -= int(fail)
-        self.plan.stall_requests -= int(stall)
-        return fail, stall
+    def _draw(self) -> tuple[bool, bool, bool]:
+        plan = self.plan
+        fail, stall, die = plan.fail_requests > 0, plan.stall_requests > 0, plan.die_requests > 0
+        plan.fail_requests -= int(fail)
+        plan.stall_requests -= int(stall)
+        plan.die_requests -= int(die)
+        return fail, stall, die

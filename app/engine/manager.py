@@ -30,6 +30,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from app.engine.device import default_gpu_memory_utilization, detect_device
 from app.engine.protocol import DeviceInfo, EngineStep, ModelInfo, SamplingOptions
 from app.engine.settings import EngineSettings
+from app.engine.tokenizer import render_chat
 from app.engine.tuning import cpu_engine_env, kv_bytes_per_token, kv_cache_bytes
 from app.engine.vllm_adapter import to_engine_step, to_sampling_params
 from app.errors import (
@@ -191,20 +192,11 @@ class EngineManager:
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """The chat template applied (ending in the assistant's turn), as token ids."""
-        tokenizer = self._require_tokenizer()
-        if not getattr(tokenizer, "chat_template", None):
-            raise InvalidRequestError("This model has no chat template; use /v1/completions.")
-        try:
-            text = tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=True
-            )
-        except Exception as exc:  # a template may reject a conversation (e.g. role order)
-            raise InvalidRequestError(f"The chat template rejected the messages: {exc}") from exc
-        # The rendered template already holds its special tokens.
-        return list(tokenizer.encode(str(text), add_special_tokens=False))
+        return render_chat(self._require_tokenizer(), messages)
 
     def decode(self, token_ids: list[int]) -> str:
-        return str(self._require_tokenizer().decode(token_ids))
+        """Text of ``token_ids`` as vLLM spells output (special tokens skipped)."""
+        return str(self._require_tokenizer().decode(token_ids, skip_special_tokens=True))
 
     # -- generation ------------------------------------------------------------------------
 
@@ -256,7 +248,10 @@ class EngineManager:
         return self._engine
 
     def _require_tokenizer(self) -> Any:
-        self._require_engine()
+        """The model's tokenizer, loaded with the engine; it outlives the engine's death, so
+        prompts are still counted (and resumed streams spelled) while it restarts."""
+        if self._tokenizer is None:
+            raise EngineUnavailableError("The model is still loading.", retry_after=5)
         return self._tokenizer
 
 

@@ -68,6 +68,7 @@ class EngineSupervisor:
     ) -> None:
         self._factory = factory
         self._engine: Any = factory()
+        self._speaker: Any = self._engine  # the engine whose tokenizer is used
         self._watchdog = ProgressWatchdog(stall_after_s)
         self._start_attempts = start_attempts
         self._check_interval_s = check_interval_s
@@ -104,6 +105,7 @@ class EngineSupervisor:
         ):
             with attempt:
                 await self._engine.start()
+        self._speaker = self._engine
 
     async def _watch(self) -> None:
         while True:
@@ -153,14 +155,16 @@ class EngineSupervisor:
     def device_info(self) -> DeviceInfo:
         return self._engine.device_info
 
+    # The model's tokenizer is the last started engine's: it serves through a restart.
+
     def encode_prompt(self, text: str) -> list[int]:
-        return self._engine.encode_prompt(text)
+        return self._speaker.encode_prompt(text)
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self._engine.encode_chat(messages)
+        return self._speaker.encode_chat(messages)
 
     def decode(self, token_ids: list[int]) -> str:
-        return self._engine.decode(token_ids)
+        return self._speaker.decode(token_ids)
 
     def num_unfinished_requests(self) -> int:
         return self._engine.num_unfinished_requests()

@@ -28,7 +28,8 @@ class HFTokenizer:
         return render_chat(self._tokenizer, messages)
 
     def decode(self, token_ids: list[int]) -> str:
-        return str(self._tokenizer.decode(token_ids))
+        """Text of ``token_ids`` as vLLM spells output (special tokens skipped)."""
+        return str(self._tokenizer.decode(token_ids, skip_special_tokens=True))
 
 
 def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:

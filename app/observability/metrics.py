@@ -41,6 +41,7 @@ QUEUE_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 SHED_REASONS = ("queue_full", "queue_timeout", "overloaded", "draining")
 RATE_LIMITS = ("requests", "tokens", "concurrency")
 RATE_LIMIT_OPERATIONS = ("charge", "refund", "peek")
+RESUME_OUTCOMES = ("resumed", "failed", "not_resumable")
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 _cache: weakref.WeakKeyDictionary[CollectorRegistry, GatewayMetrics] = weakref.WeakKeyDictionary()
@@ -200,6 +201,15 @@ class GatewayMetrics:
             ["deployment"],
             registry=r,
         )
+        self.resumed = Counter(
+            "gateway_resumed_requests",
+            "Requests whose deployment failed mid-stream: resumed elsewhere, failed to, or "
+            "not resumable.",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in RESUME_OUTCOMES:
+            self.resumed.labels(outcome)
         self.model_available = Gauge(
             "gateway_model_available",
             "1 while a model has a live deployment or a live fallback.",
@@ -279,6 +289,10 @@ class GatewayMetrics:
         self.breaker_transitions.labels(old, new).inc()
         if deployment is not None:
             self.deployment_breaker_state.labels(deployment).set(BREAKER_STATES[new])
+
+    def request_resumed(self, outcome: str) -> None:
+        """A mid-stream failure: ``outcome`` is one of :data:`RESUME_OUTCOMES`."""
+        self.resumed.labels(outcome).inc()
 
     def deployment_finished(
         self, model: str, deployment: str, outcome: str, duration_s: float | None

@@ -39,3 +39,6 @@ class ResilienceSettings(BaseSettings):
     breaker_reset_timeout_s: float = Field(default=30.0, gt=0, description="Open → half-open.")
     engine_stall_s: float = Field(default=60.0, gt=0, description="No token while busy = stall.")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="Drain time at shutdown.")
+    resume_attempts: int = Field(
+        default=2, ge=0, description="Times one request may continue elsewhere mid-stream."
+    )

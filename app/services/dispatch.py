@@ -24,7 +24,8 @@ from app.services.endpoint import Chunk, Endpoint, JobResult, R, Reply, StreamFo
 from app.services.formatting import ChoiceResult, ResponseHead
 from app.services.lease import RequestLease
 from app.services.prompt_log import PromptLog
-from app.services.streams import OpenStream, merge_streams, prepend
+from app.services.resume import ResumableStream, ResumeContext, not_resumable_reason
+from app.services.streams import OpenStream, merge_streams
 
 log = logging.getLogger(__name__)
 NO_DEPLOYMENT_RETRY_S = 5.0
@@ -47,9 +48,11 @@ class Dispatch(Generic[R]):
         endpoint: Endpoint[R],
         log_: PromptLog,
         rebuild: Callable[[ModelRoute, Any], list[Job]],
+        resume_attempts: int,
     ) -> None:
         self.lease, self.router, self.endpoint, self.log = lease, router, endpoint, log_
         self._rebuild = rebuild
+        self.resume_attempts = resume_attempts
 
     async def run(self, plan: Any) -> Reply:
         attempts = self.router.plan(plan.route, plan.key)
@@ -90,13 +93,19 @@ class Dispatch(Generic[R]):
         assert self.lease.charge is not None
         headers = self.lease.charge.headers()
         decode = route.tokenizer.decode
+        context = self._resume_context(plan, route, jobs)
         if plan.streaming:
             opened = await self._open_streams(deployment, jobs)
+            sources = [
+                ResumableStream(o.first, o.rest, job, context)
+                for o, job in zip(opened, jobs, strict=True)
+            ]
+            self.lease.streams.extend(sources)
             formatter = self.endpoint.formatter(head, plan.req, jobs, decode)
-            events = self._events(opened, formatter)
+            events = self._events(sources, formatter)
             self.lease.streams.append(events)  # closed with the lease if the reply stops early
             return Reply(headers, events=events)
-        results = await self._collect(deployment, jobs)
+        results = await self._collect(deployment, jobs, context)
         self.log.completion(c.text for r in results for c in r.choices)
         return Reply(headers, body=self.endpoint.body(head, plan.req, results, decode))
 
@@ -118,25 +127,38 @@ class Dispatch(Generic[R]):
             opened.append(OpenStream(first, stream))
         return opened
 
-    async def _collect(self, deployment: Deployment, jobs: list[Job]) -> list[JobResult]:
+    def _resume_context(self, plan: Any, route: ModelRoute, jobs: list[Job]) -> ResumeContext:
+        reason = not_resumable_reason(jobs[0].options, len(jobs))
+        return ResumeContext(
+            self.lease, self.router, route, plan.key, self.resume_attempts,
+            self.lease.metrics, reason,
+        )  # fmt: skip
+
+    async def _collect(
+        self, deployment: Deployment, jobs: list[Job], context: ResumeContext
+    ) -> list[JobResult]:
         """Run every job to its end under the deadline; one failing aborts its siblings."""
         try:
             async with self.lease.guard, asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._collect_one(deployment, job)) for job in jobs]
+                tasks = [
+                    group.create_task(self._collect_one(deployment, job, context)) for job in jobs
+                ]
         except BaseExceptionGroup as failures:
             raise _first_error(failures) from None
         return [task.result() for task in tasks]
 
-    async def _collect_one(self, deployment: Deployment, job: Job) -> JobResult:
+    async def _collect_one(
+        self, deployment: Deployment, job: Job, context: ResumeContext
+    ) -> JobResult:
         choices = [ChoiceResult(index=i) for i in range(job.options.n)]
-        async for step in self._generate(deployment, job):
+        async for step in ResumableStream(None, self._generate(deployment, job), job, context):
             self.lease.step(step.num_tokens)
             for delta in step.choices:
                 choices[delta.index].add(delta)
         return JobResult(job, choices)
 
     async def _events(
-        self, opened: list[OpenStream], formatter: StreamFormatter
+        self, sources: list[ResumableStream], formatter: StreamFormatter
     ) -> AsyncIterator[list[Chunk]]:
         """The stream's chunks, one list per engine step (the per-token path).
 
@@ -144,16 +166,10 @@ class Dispatch(Generic[R]):
         concern; several are merged.
         """
         lease, wait, prompt_log = self.lease, self.lease.guard.wait, self.log
-        single = len(opened) == 1
-        source: AsyncIterator[Any] = (
-            opened[0].rest if single else merge_streams([prepend(s) for s in opened])
-        )
+        single = len(sources) == 1
+        source: AsyncIterator[Any] = sources[0] if single else merge_streams(sources)
         lease.streams.append(source)
         yield formatter.opening()
-        if single:
-            lease.step(opened[0].first.num_tokens)
-            prompt_log.step(opened[0].first)
-            yield formatter.step(0, opened[0].first)
         while True:
             try:
                 item = await wait(anext(source))

@@ -85,6 +85,7 @@ class RequestLease:
     # The deployment running the request, its breaker permit, and when it got the request.
     deployment: Deployment | None = None
     permit: BreakerPermit | None = None
+    next_permit: BreakerPermit | None = None  # taken for a resumption, before the hand-over
     submitted_at: float | None = None
     billable: bool = False  # a deployment had the request: its prompt is paid for
     # Engine streams and chunk generators to close (``aclose()``) when the request ends.
@@ -117,6 +118,14 @@ class RequestLease:
         self._settle_deployment(error, outcome="retried")
         self.completion_tokens = 0
 
+    def hand_over(self, deployment: Deployment, error: BaseException) -> None:
+        """A stream continues on ``deployment`` after its own failed mid-stream: settle the
+        old one (its breaker hears ``error``) and keep what was generated (it was sent)."""
+        self._settle_deployment(error, outcome="resumed_away")
+        assert self.next_permit is not None, "take the permit first (ResumeContext)"
+        permit, self.next_permit = self.next_permit, None
+        self.use(deployment, permit)
+
     async def close(self, error: BaseException | None = None) -> None:
         """Give everything back once; ``error`` is the outcome (None = success)."""
         if self.closed:
@@ -124,6 +133,8 @@ class RequestLease:
         self.closed = True
         await self._close_streams()
         self.guard.close()
+        if self.next_permit is not None:
+            self.next_permit.release()
         self._settle_deployment(error, outcome=_outcome(error))
         if self.slot is not None:
             self.slot.release()

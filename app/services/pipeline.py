@@ -140,7 +140,10 @@ class RequestRun(Generic[R]):
         self.lease.guard.close()  # re-armed at the next wait, on the narrowed deadline
         plan = await self._plan(req, principal, header_priority, offload)
         await self._admit_work(principal, plan)
-        dispatch = Dispatch(self.lease, self.router, self.endpoint, self.log, self.jobs_for)
+        attempts = self.pipeline.settings.resilience.resume_attempts
+        dispatch = Dispatch(
+            self.lease, self.router, self.endpoint, self.log, self.jobs_for, attempts
+        )
         return await dispatch.run(plan)
 
     async def _admit_key(self) -> tuple[Principal, int | None]:

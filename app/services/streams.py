@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -14,7 +14,7 @@ T = TypeVar("T")
 _END = object()
 
 
-async def merge_streams(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+async def merge_streams(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
     """Yield ``(stream index, item)`` as items arrive; closing the merge closes every stream.
 
     A failure in one stream is raised here at once and the others are cancelled (which
@@ -55,13 +55,3 @@ class OpenStream:
 
     first: EngineStep
     rest: AsyncIterator[EngineStep]
-
-
-async def prepend(opened: OpenStream) -> AsyncIterator[EngineStep]:
-    """The opened stream again from its first step (for merging several)."""
-    try:
-        yield opened.first
-        async for step in opened.rest:
-            yield step
-    finally:
-        await opened.rest.aclose()  # type: ignore[attr-defined]

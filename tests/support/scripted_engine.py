@@ -2,9 +2,12 @@
 
 Token ids are the bytes of the text (``encode_prompt("hi") == [104, 105]``); every choice
 answers ``answer`` one byte per step, for ``max_tokens`` steps, then finishes with
-``length``. It records what was asked of it (``calls``) and which requests are still open,
-so tests can see what the pipeline did and what it left behind. Each behaviour tested
-with it also has a test on the real engine.
+``length`` — or, with ``deterministic``, a byte computed from everything before it (prompt
+and output), so that a continuation from "prompt + tokens so far" says exactly what an
+uninterrupted run would have. ``die_after`` makes the next request fail (as a dead engine,
+503) after that many steps. It records what was asked of it (``calls``) and which
+requests are still open, so tests can see what the pipeline did and what it left behind.
+Each behaviour tested with it also has a test on the real engine.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from app.engine.protocol import (
     SamplingOptions,
     TokenLogprob,
 )
-from app.errors import InvalidRequestError
+from app.errors import EngineUnavailableError, InvalidRequestError
 
 VOCAB = 256  # byte ids; anything above is out of vocabulary
 
@@ -37,6 +40,8 @@ class ScriptedEngine:
     served_name: str = "tiny-llama"  # the default catalogue's model id
     # When False the engine "hangs": steps still wait, but no output is reported as progress.
     heartbeat: bool = True
+    deterministic: bool = False
+    die_after: int | None = None
     calls: list[tuple[str, Any]] = field(default_factory=list)
     open_requests: set[str] = field(default_factory=set)
     last_progress_at: float = field(default_factory=time.monotonic)
@@ -92,27 +97,44 @@ class ScriptedEngine:
         if any(token >= VOCAB for token in prompt_token_ids):
             raise InvalidRequestError(f"Token id out of vocabulary in {request_id}.")
         self.open_requests.add(request_id)
+        die_after, self.die_after = self.die_after, None
+        contexts = [list(prompt_token_ids) for _ in range(options.n)]
         try:
             await asyncio.sleep(self.first_step_delay_s)
             max_tokens = options.max_tokens or 1
             for position in range(max_tokens):
                 if position:
                     await asyncio.sleep(self.step_delay_s)
+                if die_after is not None and position >= die_after:
+                    raise EngineUnavailableError("The scripted engine died.", retry_after=1)
                 if self.heartbeat:
                     self.last_progress_at = time.monotonic()
-                yield self._step(position, max_tokens, options)
+                yield self._step(position, max_tokens, options, contexts)
         finally:
             self.open_requests.discard(request_id)
             self.calls.append(("closed", request_id))
 
-    def _step(self, position: int, max_tokens: int, options: SamplingOptions) -> EngineStep:
-        text = chr(self.answer[position % len(self.answer)])
+    def _step(
+        self, position: int, max_tokens: int, options: SamplingOptions, contexts: list[list[int]]
+    ) -> EngineStep:
         last = position == max_tokens - 1
-        logprobs = None
-        if options.logprobs is not None:
-            top = [(text, -0.1)] * options.logprobs
-            logprobs = [TokenLogprob(text, -0.1, top)]
-        choices = [
-            ChoiceDelta(i, text, 1, "length" if last else None, logprobs) for i in range(options.n)
-        ]
+        choices = []
+        for i, context in enumerate(contexts):
+            token = self._next(position, context, i, options)
+            context.append(token)
+            text = chr(token)
+            logprobs = None
+            if options.logprobs is not None:
+                logprobs = [TokenLogprob(text, -0.1, [(text, -0.1)] * options.logprobs)]
+            reason = "length" if last else None
+            choices.append(ChoiceDelta(i, text, 1, reason, logprobs, [token]))
         return EngineStep(choices, finished=last)
+
+    def _next(
+        self, position: int, context: list[int], choice: int, options: SamplingOptions
+    ) -> int:
+        if not self.deterministic:
+            return self.answer[position % len(self.answer)]
+        # A letter from the whole context, so every continuation is pinned down by what came
+        # before (choices of one request therefore say the same).
+        return 97 + (sum(context) * 31 + len(context) * 7) % 26

@@ -8,6 +8,7 @@ need, worker in the core process, no inductor), so it is ready in about the same
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -43,7 +44,8 @@ def broken_upstream(mode: dict[str, str]) -> Starlette:
     """An OpenAI-compatible upstream that misbehaves as ``mode["how"]`` says: ``garbage``
     (a 200 stream whose event is not JSON), ``hang`` (headers, then silence), ``cut`` (a
     stream cut mid-event), ``error500``, ``busy429`` (429 with Retry-After), ``html200``
-    (a 200 that is not an event stream at all). ``/health`` answers 200."""
+    (a 200 that is not an event stream at all), ``partial`` (three good chunks, without
+    token ids, then the connection drops). ``/health`` answers 200."""
 
     async def completions(request: Request) -> Response:
         how = mode["how"]
@@ -72,6 +74,11 @@ async def _events(how: str):  # type: ignore[no-untyped-def]
         yield b'data: {"choices": [{"index": 0, "text": "hal'
     elif how == "html200":
         yield b"<html><body>proxy error</body></html>"
+    elif how == "partial":
+        for token in (104, 105, 33):
+            chunk = {"choices": [{"index": 0, "text": chr(token)}]}
+            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await asyncio.sleep(0.05)
     elif how == "hang":
         yield b": keep-alive comment\n\n"
         await asyncio.sleep(3600)
