@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write ``overlays/gpu/azure.env`` from Terraform's outputs: the names the gpu overlay needs.
+"""Write ``components/azure/azure.env`` from Terraform's outputs: the names the AKS overlays need.
 
 Terraform creates the registry and Key Vault under names derived from the subscription
 (``<prefix>acr<hash>``); the overlay must use exactly those. After ``terraform apply``::
@@ -29,7 +29,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
-OUTPUT = ROOT / "infra" / "k8s" / "overlays" / "gpu" / "azure.env"
+OUTPUT = ROOT / "infra" / "k8s" / "components" / "azure" / "azure.env"
 IMAGE = "llm-gateway"
 # azure.env key -> Terraform output it comes from.
 OUTPUTS = {

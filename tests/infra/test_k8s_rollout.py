@@ -32,8 +32,8 @@ from tests.infra.conftest import (
 
 GATEWAY = "llm-gateway"
 GPU_OVERLAYS = ("gpu", "gpu-keda")
-AZURE_ENV = K8S / "overlays" / "gpu" / "azure.env"
-PRESTAGE = K8S / "overlays" / "gpu" / "prestage_model.py"
+AZURE_ENV = K8S / "components" / "azure" / "azure.env"
+PRESTAGE = K8S / "components" / "model-cache" / "prestage_model.py"
 # Placeholders for what only a real subscription knows (example.tfvars uses the same GUID).
 EXAMPLE_IDS = {
     "tenant_id": "00000000-0000-0000-0000-000000000000",

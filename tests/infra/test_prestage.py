@@ -1,4 +1,4 @@
-"""infra/k8s/overlays/gpu/prestage_model.py, the gpu pods' init container, against a fake
+"""infra/k8s/components/model-cache/prestage_model.py, the gpu pods' init container, against a fake
 hub download (the one boundary that cannot be real here): what it stages, when it skips,
 what it refuses, and how two pods racing on the shared cache end."""
 
@@ -17,7 +17,7 @@ import pytest
 
 from tests.infra.conftest import K8S
 
-SCRIPT = K8S / "overlays" / "gpu" / "prestage_model.py"
+SCRIPT = K8S / "components" / "model-cache" / "prestage_model.py"
 REPO = "Qwen/Qwen2.5-1.5B-Instruct"
 REVISION = "989aa7980e4cf806f80c7fef2b1adb7bc71aa306"
 
