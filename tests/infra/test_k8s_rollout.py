@@ -303,19 +303,23 @@ def test_azure_env_holds_the_names_terraform_creates(rendered, terraform_values,
 
 
 def test_azure_env_check_fails_for_another_subscription(terraform_values, tmp_path):
-    """Control: outputs of another registry make --check fail; a digest pins the image; a
-    moving tag is refused."""
+    """Control: outputs of another registry make --check fail; digests pin both images (cuda
+    and cpu); a moving tag is refused for either."""
     outputs = example_outputs(terraform_values)
     outputs["acr_login_server"]["value"] = "otheracr123456.azurecr.io"
     path = tmp_path / "outputs.json"
     path.write_text(json.dumps(outputs))
     stale = azure_env("--outputs", path, "--check")
     assert stale.returncode == 1 and "stale" in stale.stderr
-    digest = "sha256:" + "ab" * 32
+    digest, cpu_digest = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
     target = tmp_path / "azure.env"
-    assert azure_env("--outputs", path, "--digest", digest, "--output", target).returncode == 0
-    assert f"GATEWAY_IMAGE=otheracr123456.azurecr.io/llm-gateway@{digest}" in target.read_text()
-    assert azure_env("--outputs", path, "--tag", "latest", "--output", target).returncode == 2
+    pins = ("--digest", digest, "--cpu-digest", cpu_digest)
+    assert azure_env("--outputs", path, *pins, "--output", target).returncode == 0
+    written = target.read_text()
+    assert f"GATEWAY_IMAGE=otheracr123456.azurecr.io/llm-gateway@{digest}" in written
+    assert f"GATEWAY_CPU_IMAGE=otheracr123456.azurecr.io/llm-gateway@{cpu_digest}" in written
+    for moving in (("--tag", "latest"), ("--cpu-tag", "latest")):
+        assert azure_env("--outputs", path, *moving, "--output", target).returncode == 2
 
 
 def test_cluster_objects_are_not_namespaced_into_the_app(rendered):
