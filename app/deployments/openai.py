@@ -36,6 +36,9 @@ from app.routing.catalog import OpenAIDeploymentSpec
 
 log = logging.getLogger(__name__)
 ERROR_BODY_BYTES = 16 * 1024  # of an upstream's error answer, read to tell the client why
+# Idle pooled connections are closed after this. An upstream must keep them open longer, or
+# a request sent just as it closes one fails ("Server disconnected") and counts against it.
+POOL_KEEPALIVE_S = 60.0
 
 
 class OpenAIDeployment:
@@ -159,7 +162,7 @@ def _client(spec: OpenAIDeploymentSpec) -> httpx.AsyncClient:
     limits = httpx.Limits(
         max_connections=spec.max_connections,
         max_keepalive_connections=spec.max_connections,
-        keepalive_expiry=60.0,
+        keepalive_expiry=POOL_KEEPALIVE_S,
     )
     return httpx.AsyncClient(
         base_url=spec.base_url, headers=headers, timeout=timeout, limits=limits

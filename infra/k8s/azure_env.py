@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
-"""Write ``overlays/gpu/azure.env`` from Terraform's outputs: the names the gpu overlay needs.
+"""Write ``components/azure/azure.env`` from Terraform's outputs: the names the AKS overlays need.
 
 Terraform creates the registry and Key Vault under names derived from the subscription
 (``<prefix>acr<hash>``); the overlay must use exactly those. After ``terraform apply``::
 
-    python infra/k8s/azure_env.py                        # image tag <version>-cuda
-    python infra/k8s/azure_env.py --tag 0.2.0-cuda
-    python infra/k8s/azure_env.py --digest sha256:...    # pin what CI built and pushed
+    python infra/k8s/azure_env.py                        # tags <version>-cuda, <version>-cpu
+    python infra/k8s/azure_env.py --tag 0.2.0-cuda --cpu-tag 0.2.0-cpu
+    python infra/k8s/azure_env.py --digest sha256:... --cpu-digest sha256:...  # what CI pushed
     python infra/k8s/azure_env.py --check                # exit 1 if azure.env is stale
 
 It runs ``terraform output -json`` in infra/terraform (or reads ``--outputs FILE``, the same
-JSON) and writes KEY=VALUE lines that kustomize's replacements put into the Deployment
-(image) and the SecretProviderClass (vault, tenant, CSI identity). The committed azure.env
-holds the values for example.tfvars; tests/infra checks it against Terraform's naming.
-Needs Python 3.11+ only.
+JSON) and writes KEY=VALUE lines that kustomize's replacements put into the Deployments
+(images: GATEWAY_IMAGE is the cuda target, for pods with an engine on a GPU;
+GATEWAY_CPU_IMAGE the cpu target, for the router of overlays/router) and the
+SecretProviderClass (vault, tenant, CSI identity). The committed azure.env holds the values
+for example.tfvars; tests/infra checks it against Terraform's naming. Needs Python 3.11+ only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
-OUTPUT = ROOT / "infra" / "k8s" / "overlays" / "gpu" / "azure.env"
+OUTPUT = ROOT / "infra" / "k8s" / "components" / "azure" / "azure.env"
 IMAGE = "llm-gateway"
 # azure.env key -> Terraform output it comes from.
 OUTPUTS = {
@@ -43,32 +44,44 @@ HEADER = (
 )
 
 
-def default_tag() -> str:
-    """``<project version>-cuda``, the tag docs/operations.md pushes the CUDA image as."""
+def default_tag(target: str = "cuda") -> str:
+    """``<project version>-<target>``, the tag docs/operations.md pushes each image as."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return f"{project['version']}-cuda"
+    return f"{project['version']}-{target}"
 
 
-def image_reference(login_server: str, tag: str | None, digest: str | None) -> str:
+def image_reference(
+    login_server: str, tag: str | None, digest: str | None, target: str = "cuda"
+) -> str:
     """``<registry>/llm-gateway`` at a digest (preferred: immutable) or a tag."""
     if digest:
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-            raise ValueError(f"--digest {digest!r} is not sha256:<64 hex>")
+            raise ValueError(f"digest {digest!r} is not sha256:<64 hex>")
         return f"{login_server}/{IMAGE}@{digest}"
-    tag = tag or default_tag()
+    tag = tag or default_tag(target)
     if tag == "latest" or not re.fullmatch(r"[\w][\w.-]{0,127}", tag):
-        raise ValueError(f"--tag {tag!r}: use a fixed release tag")
+        raise ValueError(f"tag {tag!r}: use a fixed release tag")
     return f"{login_server}/{IMAGE}:{tag}"
 
 
-def render(outputs: dict[str, Any], tag: str | None = None, digest: str | None = None) -> str:
+def render(
+    outputs: dict[str, Any],
+    tag: str | None = None,
+    digest: str | None = None,
+    cpu_tag: str | None = None,
+    cpu_digest: str | None = None,
+) -> str:
     """azure.env's text for ``terraform output -json`` data ``outputs``."""
     values = {name: entry["value"] if isinstance(entry, dict) else entry
               for name, entry in outputs.items()}  # fmt: skip
     missing = {"acr_login_server", *OUTPUTS.values()} - set(values)
     if missing:
         raise ValueError(f"terraform outputs lack {', '.join(sorted(missing))}")
-    lines = [f"GATEWAY_IMAGE={image_reference(values['acr_login_server'], tag, digest)}"]
+    registry = values["acr_login_server"]
+    lines = [
+        f"GATEWAY_IMAGE={image_reference(registry, tag, digest)}",
+        f"GATEWAY_CPU_IMAGE={image_reference(registry, cpu_tag, cpu_digest, 'cpu')}",
+    ]
     lines += [f"{key}={values[output]}" for key, output in OUTPUTS.items()]
     return HEADER + "\n".join(lines) + "\n"
 
@@ -92,13 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outputs", type=Path, help="terraform output -json, saved to a file")
     pin = parser.add_mutually_exclusive_group()
-    pin.add_argument("--tag", help="image tag (default: <pyproject version>-cuda)")
-    pin.add_argument("--digest", help="image digest sha256:... (overrides the tag)")
+    pin.add_argument("--tag", help="cuda image tag (default: <pyproject version>-cuda)")
+    pin.add_argument("--digest", help="cuda image digest sha256:... (overrides the tag)")
+    cpu_pin = parser.add_mutually_exclusive_group()
+    cpu_pin.add_argument("--cpu-tag", help="cpu image tag (default: <pyproject version>-cpu)")
+    cpu_pin.add_argument("--cpu-digest", help="cpu image digest sha256:...")
     parser.add_argument("--output", type=Path, default=OUTPUT, help="env file to write")
     parser.add_argument("--check", action="store_true", help="exit 1 if --output is stale")
     args = parser.parse_args(argv)
     try:
-        text = render(terraform_outputs(args.outputs), args.tag, args.digest)
+        outputs = terraform_outputs(args.outputs)
+        text = render(outputs, args.tag, args.digest, args.cpu_tag, args.cpu_digest)
     except (ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 # land in the state. Operators put it with
 #   az keyvault secret set --vault-name <key_vault_name> --name llm-gateway-api-keys --file api-keys.yaml
 # The gpu overlay mounts it into the pods with the Secrets Store CSI driver
-# (infra/k8s/overlays/gpu/secretproviderclass.yaml); the driver re-reads it every 2 minutes
+# (infra/k8s/components/azure/secretproviderclass.yaml); the driver re-reads it every 2 minutes
 # and the gateway reloads API_KEYS_FILE when the file changes.
 resource "azurerm_key_vault" "main" {
   name                          = local.key_vault_name

@@ -40,7 +40,7 @@ from tests.support.requirements import missing
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 TERRAFORM = ROOT / "infra" / "terraform"
-OVERLAYS = ("cpu", "gpu", "gpu-keda")
+OVERLAYS = ("cpu", "gpu", "gpu-keda", "router")
 CACHED_TOOLS = {"checkov": "3.3.30", "zizmor": "1.32.0"}
 EXAMPLE_TFVARS = TERRAFORM / "example.tfvars"
 VENV_BIN = Path(sys.executable).parent
@@ -77,12 +77,13 @@ def tool_env() -> dict[str, str]:
 
 
 def run(
-    cmd: Sequence[str | Path], *, cwd: Path = ROOT, timeout: float = 120
+    cmd: Sequence[str | Path], *, cwd: Path = ROOT, timeout: float = 120, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a tool, capturing its output (never raises on a non-zero exit)."""
     return subprocess.run(
         [str(part) for part in cmd],
         cwd=cwd,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -110,6 +111,58 @@ def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 def gateway(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """The rendered gateway Deployment."""
     return find(docs, "Deployment", "llm-gateway")
+
+
+def deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "Deployment"]
+
+
+def engines(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The engine Deployments (overlays/router): app.kubernetes.io/component=engine."""
+    return [
+        d
+        for d in deployments(docs)
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "engine"
+    ]
+
+
+def gpu_deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Deployments whose pods request a GPU."""
+    return [
+        d
+        for d in deployments(docs)
+        if any(
+            "nvidia.com/gpu" in c["resources"].get("requests", {})
+            for c in d["spec"]["template"]["spec"]["containers"]
+        )
+    ]
+
+
+def main_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The pod's one container (the gateway, or an engine's server)."""
+    [spec] = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(spec)
+
+
+def autoscaler_of(docs: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, Any]:
+    """The HPA or ScaledObject that scales ``deployment``."""
+    name = deployment["metadata"]["name"]
+    found = [
+        d
+        for d in docs
+        if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+        and d["spec"]["scaleTargetRef"]["name"] == name
+    ]
+    assert len(found) == 1, f"expected one autoscaler of {name}, found {len(found)}"
+    return found[0]
+
+
+def replica_bounds_of(scaler: dict[str, Any]) -> tuple[int, int]:
+    """(min, max) replicas of an HPA or a ScaledObject."""
+    spec = scaler["spec"]
+    if scaler["kind"] == "ScaledObject":
+        return spec["minReplicaCount"], spec["maxReplicaCount"]
+    return spec["minReplicas"], spec["maxReplicas"]
 
 
 def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
@@ -245,7 +298,8 @@ def stage_terraform_locals(terraform: str, stage: Path) -> Path:
     for name in ("variables.tf", "locals.tf", "gpu-vm-sizes.json"):
         shutil.copy(TERRAFORM / name, stage / name)
     outputs = [f'output "{name}" {{\n  value = local.{name}\n}}\n' for name in TERRAFORM_LOCALS]
-    outputs.append('output "kubernetes_version" {\n  value = var.kubernetes_version\n}\n')
+    for variable in ("kubernetes_version", "system_vm_size", "system_node_max_count"):
+        outputs.append(f'output "{variable}" {{\n  value = var.{variable}\n}}\n')
     outputs.append('output "acr_login_server" {\n  value = "${local.acr_name}.azurecr.io"\n}\n')
     (stage / "outputs.tf").write_text("\n".join(outputs))
     done = run([terraform, "init", "-backend=false", "-input=false", "-no-color"], cwd=stage)

@@ -11,6 +11,7 @@ schemas below, which refuses unknown fields where the CRD does."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -25,10 +26,14 @@ from tests.infra.conftest import (
     ROOT,
     container,
     container_env,
+    deployments,
+    engines,
     find,
     gateway,
+    gpu_deployments,
     load_yaml,
     machine_tool,
+    main_container,
     output,
     quantity,
     run,
@@ -47,7 +52,12 @@ OVERLAY_KINDS = {
     "gpu": BASE_KINDS | {"Ingress", "PersistentVolumeClaim", "SecretProviderClass"},
     "gpu-keda": (BASE_KINDS - {"HorizontalPodAutoscaler"})
     | {"Ingress", "PersistentVolumeClaim", "SecretProviderClass", "ScaledObject"},
+    "router": BASE_KINDS | {"Ingress", "PersistentVolumeClaim", "SecretProviderClass"},
 }
+# The engine Deployments (each with its Service) an overlay adds to the gateway and Redis.
+ENGINES = {"router": {"llm-engine-vllm", "llm-engine-gateway"}}
+# The labels that group a model's engine pods (spread, disruption budget).
+ENGINE_GROUP = ("app.kubernetes.io/component", "llm-gateway/model")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "SecretProviderClass", "ScaledObject"}
 RULE_FILES = (ROOT / "alerts" / "gateway-rules.yml", ROOT / "alerts" / "kubernetes-rules.yml")
 SECRET_EXAMPLE = K8S / "secrets" / "api-keys.example.yaml"
@@ -163,7 +173,8 @@ def test_each_overlay_renders_the_whole_stack(rendered):
     """kubectl kustomize renders every overlay, each with the gateway Deployment, Service,
     PDBs, ServiceMonitor, PrometheusRule, Redis and the network policies, in one namespace;
     gpu adds the Ingress, the model cache PVC and the Key Vault SecretProviderClass, gpu-keda
-    swaps the HPA for a KEDA ScaledObject; Terraform-only values (azure.env) are not applied."""
+    swaps the HPA for a KEDA ScaledObject, router adds engine Deployments and their Services;
+    Terraform-only values (azure.env) are not applied."""
     assert set(rendered) == set(OVERLAY_KINDS)
     for overlay, docs in rendered.items():
         kinds = {doc["kind"] for doc in docs}
@@ -175,6 +186,7 @@ def test_each_overlay_renders_the_whole_stack(rendered):
             assert {d["metadata"]["name"] for d in docs if d["kind"] == kind} == {
                 GATEWAY,
                 f"{GATEWAY}-redis",
+                *ENGINES.get(overlay, ()),
             }
 
 
@@ -215,12 +227,14 @@ def test_kubernetes_validate_rejects_a_broken_deployment(rendered, tmp_path: Pat
     ("kind", "schema"), [("ServiceMonitor", SERVICE_MONITOR), ("PrometheusRule", PROMETHEUS_RULE)]
 )
 def test_crds_match_the_operator_schema(rendered, kind: str, schema: dict[str, Any]):
-    """ServiceMonitor and PrometheusRule fit the Prometheus Operator's CRD fields (unknown
-    fields refused, durations well formed) and carry kube-prometheus-stack's release label."""
+    """Every ServiceMonitor and PrometheusRule fits the Prometheus Operator's CRD fields
+    (unknown fields refused, durations well formed) and carries kube-prometheus-stack's
+    release label; each overlay has the gateway's."""
     for docs in rendered.values():
-        obj = find(docs, kind, GATEWAY)
-        jsonschema.validate(obj, schema)
-        assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        find(docs, kind, GATEWAY)
+        for obj in (d for d in docs if d["kind"] == kind):
+            jsonschema.validate(obj, schema)
+            assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
 def test_crd_schema_rejects_a_bad_servicemonitor(rendered):
@@ -312,19 +326,21 @@ def test_termination_grace_covers_prestop_and_drain(rendered):
 
 
 def pre_stop_sleep(deployment: dict[str, Any]) -> int:
-    command = container(deployment, "gateway")["lifecycle"]["preStop"]["exec"]["command"]
+    command = main_container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep", command
     return int(command[1])
 
 
 def test_spot_eviction_notice_leaves_time_to_drain(rendered):
-    """On a spot eviction the VM goes ~30 s after the notice, whatever the grace period: the
-    auto-drain latency + preStop sleep must leave at least 15 s for in-flight requests, and
-    the drain the gateway would do given longer (SHUTDOWN_GRACE_S) is cut, not the preStop."""
-    for overlay in ("gpu", "gpu-keda"):
-        deployment = gateway(rendered[overlay])
-        left = SPOT_NOTICE_S - AUTO_DRAIN_LATENCY_S - pre_stop_sleep(deployment)
-        assert left >= MIN_EVICTION_DRAIN_S, f"{overlay}: only {left} s to drain on eviction"
+    """On a spot eviction the VM goes ~30 s after the notice, whatever the grace period: for
+    every pod on the GPU pools (gateways, engines) the auto-drain latency + preStop sleep
+    must leave at least 15 s for in-flight requests, and the drain the pod would do given
+    longer (SHUTDOWN_GRACE_S, vLLM's --shutdown-timeout) is cut, not the preStop."""
+    for overlay in ("gpu", "gpu-keda", "router"):
+        for deployment in gpu_deployments(rendered[overlay]):
+            left = SPOT_NOTICE_S - AUTO_DRAIN_LATENCY_S - pre_stop_sleep(deployment)
+            name = deployment["metadata"]["name"]
+            assert left >= MIN_EVICTION_DRAIN_S, f"{overlay}/{name}: only {left} s to drain"
 
 
 def test_pods_run_restricted(rendered):
@@ -347,56 +363,103 @@ def test_pods_run_restricted(rendered):
 
 
 def test_gpu_overlays_land_on_the_terraform_gpu_pools(rendered, terraform_values):
-    """gpu: one nvidia.com/gpu requested and limited, node selector = labels of both Terraform
-    GPU pools, a toleration for every taint of the spot pool (ours and AKS's spot taint, which
-    covers the on-demand pool's too), and a preferred (not required) affinity to spot nodes,
-    so the on-demand pool serves when spot has no room. cpu: no GPU, no toleration, no node
-    selector."""
+    """Every pod that requests a GPU (the gateway of gpu, the engines of router): one
+    nvidia.com/gpu requested and limited, node selector = labels of both Terraform GPU pools,
+    a toleration for every taint of the spot pool (ours and AKS's spot taint, which covers the
+    on-demand pool's too), and a preferred (not required) affinity to spot nodes, so the
+    on-demand pool serves when spot has no room. The gateway of cpu and the router: no GPU,
+    no toleration, no node selector (the router runs on the system pool)."""
     labels = terraform_values["gpu_node_labels"]
     taints = {tuple(re.split("[=:]", taint)) for taint in terraform_values["gpu_spot_taints"]}
     assert ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule") in taints
-    for overlay in ("gpu", "gpu-keda"):
-        pod = gateway(rendered[overlay])["spec"]["template"]["spec"]
-        resources = container(gateway(rendered[overlay]), "gateway")["resources"]
-        assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
-        assert pod["nodeSelector"] and pod["nodeSelector"].items() <= labels.items()
-        tolerated = {(t["key"], t.get("value", ""), t["effect"]) for t in pod["tolerations"]}
-        assert taints <= tolerated, f"untolerated taints: {taints - tolerated}"
-        affinity = pod["affinity"]["nodeAffinity"]
-        assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity
-        preferred = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
-        spot = {
-            "key": "kubernetes.azure.com/scalesetpriority",
-            "operator": "In",
-            "values": ["spot"],
-        }
-        assert [p["preference"]["matchExpressions"] for p in preferred] == [[spot]]
-    cpu_pod = gateway(rendered["cpu"])["spec"]["template"]["spec"]
-    assert "tolerations" not in cpu_pod and "nodeSelector" not in cpu_pod
-    cpu_resources = container(gateway(rendered["cpu"]), "gateway")["resources"]
-    assert "nvidia.com/gpu" not in cpu_resources["limits"]
+    spot = {"key": "kubernetes.azure.com/scalesetpriority", "operator": "In", "values": ["spot"]}
+    on_gpus = {"gpu": [GATEWAY], "gpu-keda": [GATEWAY], "router": sorted(ENGINES["router"])}
+    for overlay, names in on_gpus.items():
+        assert sorted(d["metadata"]["name"] for d in gpu_deployments(rendered[overlay])) == names
+        for name in names:
+            deployment = find(rendered[overlay], "Deployment", name)
+            pod = deployment["spec"]["template"]["spec"]
+            resources = main_container(deployment)["resources"]
+            assert resources["limits"]["nvidia.com/gpu"] == resources["requests"][
+                "nvidia.com/gpu"] == 1  # fmt: skip
+            assert pod["nodeSelector"] and pod["nodeSelector"].items() <= labels.items()
+            tolerated = {(t["key"], t.get("value", ""), t["effect"]) for t in pod["tolerations"]}
+            assert taints <= tolerated, f"untolerated taints: {taints - tolerated}"
+            affinity = pod["affinity"]["nodeAffinity"]
+            assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity
+            preferred = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+            assert [p["preference"]["matchExpressions"] for p in preferred] == [[spot]]
+    for overlay in ("cpu", "router"):
+        deployment = gateway(rendered[overlay])
+        pod = deployment["spec"]["template"]["spec"]
+        assert "tolerations" not in pod and "nodeSelector" not in pod, overlay
+        assert not gpu_claims(deployment), overlay
+
+
+def gpu_claims(deployment: dict[str, Any]) -> list[str]:
+    """Why a pod would take or wait for a GPU node: a GPU in any container's requests or
+    limits, a GPU toleration, or a GPU node selector (empty: it stays off the GPU pools)."""
+    pod = deployment["spec"]["template"]["spec"]
+    claims = [
+        f"{spec['name']} {kind} nvidia.com/gpu"
+        for spec in pod["containers"] + pod.get("initContainers", [])
+        for kind in ("requests", "limits")
+        if "nvidia.com/gpu" in spec.get("resources", {}).get(kind, {})
+    ]
+    claims += [f"tolerates {t['key']}" for t in pod.get("tolerations", []) if "gpu" in t["key"]]
+    selected = [f"{key}={value}" for key, value in pod.get("nodeSelector", {}).items()]
+    claims += [f"selects {label}" for label in selected if "gpu" in label.lower()]
+    return claims
+
+
+def test_gpu_claims_catch_a_router_asking_for_a_gpu(rendered):
+    """Control: the router given a GPU limit, the GPU toleration or the GPU pools' node
+    selector is caught, each for its reason."""
+    router = gateway(rendered["router"])
+    broken = copy.deepcopy(router)
+    main_container(broken)["resources"]["limits"]["nvidia.com/gpu"] = 1
+    assert gpu_claims(broken) == ["gateway limits nvidia.com/gpu"]
+    broken = copy.deepcopy(router)
+    broken["spec"]["template"]["spec"]["tolerations"] = [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    broken["spec"]["template"]["spec"]["nodeSelector"] = {"llm-gateway/pool": "gpu"}
+    assert gpu_claims(broken) == ["tolerates nvidia.com/gpu", "selects llm-gateway/pool=gpu"]
 
 
 def test_replicas_spread_over_zones_and_nodes(rendered):
     """Gateway pods spread over zones (soft: AKS cannot pick a new node's zone) and never two
-    on one node (hard), both constraints selecting exactly the gateway pods."""
+    on one node (hard), both constraints selecting exactly the gateway pods; an engine's
+    select every engine pod of its model, whichever Deployment it belongs to, so a model's
+    engines share no node. The router counts only nodes it tolerates (nodeTaintsPolicy
+    Honor): the tainted GPU nodes would otherwise be empty domains that its hard host spread
+    must match, and no second router pod would fit on a system node."""
     for overlay, docs in rendered.items():
-        deployment = gateway(docs)
-        pod = deployment["spec"]["template"]
-        spread = {c["topologyKey"]: c for c in pod["spec"]["topologySpreadConstraints"]}
-        assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
-        assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
-        for constraint in spread.values():
-            assert constraint["maxSkew"] == 1
-            selector = constraint["labelSelector"]["matchLabels"]
-            assert selector == deployment["spec"]["selector"]["matchLabels"], overlay
-            assert selector.items() <= pod["metadata"]["labels"].items()
+        for deployment in [gateway(docs), *engines(docs)]:
+            pod = deployment["spec"]["template"]
+            labels = pod["metadata"]["labels"]
+            spread = {c["topologyKey"]: c for c in pod["spec"]["topologySpreadConstraints"]}
+            assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+            assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+            for constraint in spread.values():
+                assert constraint["maxSkew"] == 1
+                selector = constraint["labelSelector"]["matchLabels"]
+                assert selector.items() <= labels.items()
+                if deployment in engines(docs):
+                    assert selector == {key: labels[key] for key in ENGINE_GROUP}, overlay
+                else:
+                    assert selector == deployment["spec"]["selector"]["matchLabels"], overlay
+    for constraint in gateway(rendered["router"])["spec"]["template"]["spec"][
+            "topologySpreadConstraints"]:  # fmt: skip
+        assert constraint["nodeTaintsPolicy"] == "Honor"
 
 
 def test_images_are_pinned_and_pulled_if_not_present(rendered):
     """Every container (init containers and Redis included) names a fixed tag (not latest)
     or a digest and uses imagePullPolicy IfNotPresent: a cached image starts a pod without a
-    registry round trip. gpu runs the CUDA build, cpu the locally built CPU build."""
+    registry round trip. gpu runs the CUDA build, cpu the locally built CPU build; router
+    runs the CPU build for the router (its tokenizer staging too) and the CUDA build for
+    every engine."""
     for overlay, docs in rendered.items():
         for deployment in (d for d in docs if d["kind"] == "Deployment"):
             pod = deployment["spec"]["template"]["spec"]
@@ -413,6 +476,13 @@ def test_images_are_pinned_and_pulled_if_not_present(rendered):
         deployment = gateway(rendered[overlay])
         images = {container(deployment, name)["image"] for name in ("gateway", "prestage-model")}
         assert len(images) == 1 and next(iter(images)).endswith("-cuda"), images
+    docs = rendered["router"]
+    router = gateway(docs)
+    images = {container(router, name)["image"] for name in ("gateway", "prestage-tokenizer")}
+    assert len(images) == 1 and next(iter(images)).endswith("-cpu"), images
+    pods = [d["spec"]["template"]["spec"] for d in engines(docs)]
+    images = {c["image"] for pod in pods for c in pod["containers"] + pod["initContainers"]}
+    assert len(images) == 1 and next(iter(images)).endswith("-cuda"), images
 
 
 def adapter_metrics() -> dict[str, str]:
@@ -420,7 +490,7 @@ def adapter_metrics() -> dict[str, str]:
     values = load_yaml(K8S / "prometheus-adapter" / "values.yaml")
     served = {}
     for rule in values["rules"]["custom"]:
-        series = re.match(r"(\w+)\{", rule["seriesQuery"])
+        series = re.match(r"([\w:]+)\{", rule["seriesQuery"])
         assert series, rule["seriesQuery"]
         assert "pod" in rule["resources"]["overrides"]
         served[rule["name"]["as"]] = series.group(1)
@@ -446,6 +516,38 @@ def test_hpa_scales_the_gateway_on_queue_depth_via_the_adapter(rendered):
     assert hpa["spec"]["minReplicas"] >= 2, "one spot eviction must not take the service down"
 
 
+def vllm_metrics_source() -> str:
+    """The source of vLLM's Prometheus metrics, as installed (read, not imported)."""
+    spec = importlib.util.find_spec("vllm")
+    assert spec and spec.submodule_search_locations, "vllm is not installed"
+    return (Path(spec.submodule_search_locations[0]) / "v1" / "metrics" / "loggers.py").read_text()
+
+
+def test_router_scales_on_cpu_and_engines_on_their_queues(rendered):
+    """router: the router's HPA scales on CPU (it queues nothing), from 2 replicas; each
+    engine Deployment has its own HPA on a Pods metric that a prometheus-adapter rule serves
+    from a series that engine really exports: vLLM's server its waiting requests (vLLM's
+    source, as installed), the gateway engine its admission queue (metrics.py)."""
+    docs = rendered["router"]
+    hpa = find(docs, "HorizontalPodAutoscaler", GATEWAY)["spec"]
+    assert [m["resource"]["name"] for m in hpa["metrics"] if m["type"] == "Resource"] == ["cpu"]
+    assert len(hpa["metrics"]) == 1 and hpa["minReplicas"] >= 2
+    served = adapter_metrics()
+    exported = {
+        "vllm": vllm_metrics_source(),
+        "gateway": (ROOT / "app" / "observability" / "metrics.py").read_text(),
+    }
+    for deployment in engines(docs):
+        name = deployment["metadata"]["name"]
+        spec = find(docs, "HorizontalPodAutoscaler", name)["spec"]
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                          "name": name}  # fmt: skip
+        [metric] = [m["pods"]["metric"]["name"] for m in spec["metrics"]]
+        assert metric in served, f"no prometheus-adapter rule serves {metric}"
+        source = exported[main_container(deployment)["name"]]
+        assert f'"{served[metric]}"' in source, f"{name} exports no {served[metric]}"
+
+
 def test_cpu_overlay_falls_back_to_cpu_utilisation(rendered):
     """cpu: the HPA uses the documented fallback, CPU utilisation, with no custom metric."""
     hpa = find(rendered["cpu"], "HorizontalPodAutoscaler", GATEWAY)
@@ -455,16 +557,25 @@ def test_cpu_overlay_falls_back_to_cpu_utilisation(rendered):
 
 
 def test_pdbs_cover_gateway_and_redis_without_blocking_drains(rendered):
-    """A PDB selects the gateway pods, another the Redis pod; each still allows one eviction
-    (maxUnavailable, never a minAvailable that a single replica would turn into a drain that
-    never ends)."""
+    """A PDB selects the gateway pods, another the Redis pod; every pod (engines too) is
+    selected by exactly one (the eviction API refuses a pod two budgets select), which still
+    allows one eviction (maxUnavailable, never a minAvailable that a single replica would
+    turn into a drain that never ends). No Deployment an HPA scales sets replicas."""
     for docs in rendered.values():
         for name in (GATEWAY, f"{GATEWAY}-redis"):
             pdb = find(docs, "PodDisruptionBudget", name)
             labels = find(docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
             assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-            assert pdb["spec"].get("maxUnavailable", 0) >= 1 and "minAvailable" not in pdb["spec"]
-        assert "replicas" not in gateway(docs)["spec"], "the HPA owns replicas"
+        pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+        for deployment in deployments(docs):
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            covering = [p for p in pdbs if p["spec"]["selector"]["matchLabels"].items() <= (
+                labels.items())]  # fmt: skip
+            assert len(covering) == 1, f"{deployment['metadata']['name']}: {len(covering)} PDBs"
+            assert covering[0]["spec"].get("maxUnavailable", 0) >= 1
+            assert "minAvailable" not in covering[0]["spec"]
+        for deployment in [gateway(docs), *engines(docs)]:
+            assert "replicas" not in deployment["spec"], "the HPA owns replicas"
 
 
 def test_rate_limits_are_shared_through_the_redis_service(rendered):
@@ -524,24 +635,30 @@ def test_api_keys_come_from_a_file_that_can_rotate(rendered):
 
 def test_writable_paths_are_volumes(rendered):
     """With a read-only root filesystem, HF_HOME (/models), $HOME (/home/gateway, caches),
-    /tmp and /dev/shm are volumes: emptyDir on cpu; on gpu the model cache is the shared
-    ReadWriteMany PVC (pre-staged models, compile caches) that outlives pods."""
+    /tmp and /dev/shm are volumes: emptyDir on cpu; wherever a pod loads a model (the gateway
+    of gpu, the engines of router) the model cache is the shared ReadWriteMany PVC
+    (pre-staged models, compile caches) that outlives pods; the router keeps only its
+    tokenizer, in a small emptyDir."""
     for overlay, docs in rendered.items():
-        deployment = gateway(docs)
-        mounts = {
-            m["mountPath"]: m["name"] for m in container(deployment, "gateway")["volumeMounts"]
-        }
-        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-        for path in ("/home/gateway", "/tmp", "/dev/shm"):
-            assert "emptyDir" in volumes[mounts[path]], f"{overlay}: {path}"
-        cache = volumes[mounts["/models"]]
-        if overlay == "cpu":
-            assert "emptyDir" in cache
-            continue
-        assert list(cache) == ["name", "persistentVolumeClaim"], cache
-        claim = find(docs, "PersistentVolumeClaim", cache["persistentVolumeClaim"]["claimName"])
-        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-        assert quantity(claim["spec"]["resources"]["requests"]["storage"]) >= 100 * 2**30
+        loaders = engines(docs) if overlay == "router" else [gateway(docs)]
+        for deployment in [gateway(docs), *engines(docs)]:
+            spec = main_container(deployment)
+            mounts = {m["mountPath"]: m["name"] for m in spec["volumeMounts"]}
+            volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+            for path in ("/home/gateway", "/tmp", "/dev/shm"):
+                assert "emptyDir" in volumes[mounts[path]], f"{overlay}: {path}"
+            cache = volumes[mounts["/models"]]
+            if overlay == "cpu":
+                assert "emptyDir" in cache
+                continue
+            if deployment not in loaders:  # the router: its tokenizer only
+                assert quantity(cache["emptyDir"]["sizeLimit"]) <= 2**30, cache
+                continue
+            assert list(cache) == ["name", "persistentVolumeClaim"], cache
+            claim = find(docs, "PersistentVolumeClaim", cache["persistentVolumeClaim"][
+                "claimName"])  # fmt: skip
+            assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+            assert quantity(claim["spec"]["resources"]["requests"]["storage"]) >= 100 * 2**30
 
 
 def rule_groups() -> list[dict[str, Any]]:

@@ -24,16 +24,20 @@ from tests.infra.conftest import (
     ROOT,
     container,
     container_env,
+    engines,
     find,
     gateway,
+    main_container,
     output,
     run,
 )
 
 GATEWAY = "llm-gateway"
 GPU_OVERLAYS = ("gpu", "gpu-keda")
-AZURE_ENV = K8S / "overlays" / "gpu" / "azure.env"
-PRESTAGE = K8S / "overlays" / "gpu" / "prestage_model.py"
+# The overlays on AKS: Key Vault keys, Terraform's names, the Ingress.
+AKS_OVERLAYS = (*GPU_OVERLAYS, "router")
+AZURE_ENV = K8S / "components" / "azure" / "azure.env"
+PRESTAGE = K8S / "components" / "model-cache" / "prestage_model.py"
 # Placeholders for what only a real subscription knows (example.tfvars uses the same GUID).
 EXAMPLE_IDS = {
     "tenant_id": "00000000-0000-0000-0000-000000000000",
@@ -134,7 +138,7 @@ def config_env(docs: list[dict[str, Any]]) -> dict[str, str]:
 def test_crds_match_their_schemas(rendered):
     """The SecretProviderClass and the ScaledObject fit their CRDs' fields; a misspelt field
     fails the same check (control)."""
-    for overlay in GPU_OVERLAYS:
+    for overlay in AKS_OVERLAYS:
         provider = find(rendered[overlay], "SecretProviderClass", f"{GATEWAY}-api-keys")
         jsonschema.validate(provider, SECRET_PROVIDER_CLASS)
     scaled = find(rendered["gpu-keda"], "ScaledObject", GATEWAY)
@@ -155,8 +159,8 @@ def size_bytes(value: str) -> int:
 def test_ingress_limits_match_the_gateway(rendered):
     """The Ingress admits bodies of exactly MAX_BODY_BYTES, waits longer than REQUEST_TIMEOUT_S
     for the upstream (so the gateway's own timeout answers, not the proxy's), and streams
-    responses unbuffered, which server-sent events need."""
-    for overlay in GPU_OVERLAYS:
+    responses unbuffered, which server-sent events need (the router's settings in router)."""
+    for overlay in AKS_OVERLAYS:
         docs = rendered[overlay]
         env = config_env(docs)
         notes = find(docs, "Ingress", GATEWAY)["metadata"]["annotations"]
@@ -169,8 +173,8 @@ def test_ingress_limits_match_the_gateway(rendered):
 
 def test_ingress_serves_tls_from_cert_manager_to_the_gateway_service(rendered):
     """TLS for every host, with a certificate Secret that cert-manager's ClusterIssuer fills;
-    the backend is the gateway Service's named port."""
-    for overlay in GPU_OVERLAYS:
+    the backend is the gateway Service's named port (the router's, in router)."""
+    for overlay in AKS_OVERLAYS:
         docs = rendered[overlay]
         ingress = find(docs, "Ingress", GATEWAY)
         assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"]
@@ -212,26 +216,27 @@ def test_keda_scales_on_queue_depth_with_a_fallback(rendered):
 
 
 def test_model_is_pinned_and_prestaged(rendered):
-    """The served model is MODEL_REPO_ID at a 40-hex MODEL_REVISION, staged by the init
-    container (the ConfigMap holds prestage_model.py as committed) where MODEL_NAME points;
-    clients see the hub id; the gateway never reaches the hub (HF_HUB_OFFLINE) and keeps its
-    compile caches on the model-cache volume; the HF token is an optional Secret, mounted as a
-    file for the init container only."""
-    for overlay in GPU_OVERLAYS:
+    """Wherever a pod loads a model (the gateway of gpu, each engine of router): the served
+    model is MODEL_REPO_ID at a 40-hex MODEL_REVISION, staged by the init container (the
+    ConfigMap holds prestage_model.py as committed) where MODEL_NAME points; clients see the
+    hub id; the server never reaches the hub (HF_HUB_OFFLINE) and keeps its compile caches on
+    the model-cache volume; the HF token is an optional Secret, mounted as a file for the
+    init container only."""
+    loaders = [(o, gateway(rendered[o])) for o in GPU_OVERLAYS]
+    loaders += [("router", engine) for engine in engines(rendered["router"])]
+    for overlay, deployment in loaders:
         docs = rendered[overlay]
-        deployment = gateway(docs)
-        env = config_env(docs)
+        server = main_container(deployment)
+        env = container_env(docs, deployment, server["name"])
         assert re.fullmatch(r"[0-9a-f]{40}", env["MODEL_REVISION"])
         staged = f"{env['PRESTAGE_ROOT']}/{env['MODEL_REPO_ID']}/{env['MODEL_REVISION']}"
         assert env["MODEL_NAME"] == staged and env["SERVED_MODEL_NAME"] == env["MODEL_REPO_ID"]
         assert env["HF_HUB_OFFLINE"] == "1"
-        mounts = {
-            m["name"]: m["mountPath"] for m in container(deployment, "gateway")["volumeMounts"]
-        }
+        mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
         for cache in ("PRESTAGE_ROOT", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR"):
             assert env[cache].startswith(mounts["model-cache"] + "/"), cache
         init = container(deployment, "prestage-model")
-        assert init["envFrom"] == container(deployment, "gateway")["envFrom"]
+        assert init["envFrom"] == server["envFrom"]
         init_mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
         token_path = next(e["value"] for e in init["env"] if e["name"] == "HF_TOKEN_PATH")
         assert token_path.startswith(init_mounts["hf-token"] + "/")
@@ -250,20 +255,24 @@ def startup_budget(deployment: dict[str, Any]) -> dict[str, int]:
 
 
 def test_progress_deadline_outlasts_a_cold_start(rendered):
-    """progressDeadlineSeconds >= the sum of the Deployment's startup budget (node, image
-    pull, model pre-staging, engine load), whose pre-staging share covers the init
-    container's own PRESTAGE_TIMEOUT_S; a cold GPU start gets more than a CPU one."""
+    """For the gateway and every engine: progressDeadlineSeconds >= the sum of the
+    Deployment's startup budget (node, image pull, model pre-staging, engine load), whose
+    pre-staging share covers each init container's own PRESTAGE_TIMEOUT_S; a cold GPU start
+    gets more than a CPU one (and than the router's, which loads no model)."""
     deadlines = {}
     for overlay, docs in rendered.items():
-        deployment = gateway(docs)
-        budget = startup_budget(deployment)
-        assert set(budget) == {"node", "pull", "prestage", "engine"}
-        deadline = deployment["spec"]["progressDeadlineSeconds"]
-        assert deadline >= sum(budget.values()), f"{overlay}: {deadline} < {budget}"
-        timeout = config_env(docs).get("PRESTAGE_TIMEOUT_S")
-        assert budget["prestage"] >= float(timeout or 0), overlay
-        deadlines[overlay] = deadline
-    assert deadlines["gpu"] > deadlines["cpu"]
+        for deployment in [gateway(docs), *engines(docs)]:
+            name = f"{overlay}/{deployment['metadata']['name']}"
+            budget = startup_budget(deployment)
+            assert set(budget) == {"node", "pull", "prestage", "engine"}
+            deadline = deployment["spec"]["progressDeadlineSeconds"]
+            assert deadline >= sum(budget.values()), f"{name}: {deadline} < {budget}"
+            for init in deployment["spec"]["template"]["spec"].get("initContainers", []):
+                timeout = container_env(docs, deployment, init["name"]).get("PRESTAGE_TIMEOUT_S")
+                assert budget["prestage"] >= float(timeout or 0), name
+            deadlines[name] = deadline
+    assert deadlines["gpu/llm-gateway"] > deadlines["cpu/llm-gateway"]
+    assert deadlines["router/llm-engine-vllm"] > deadlines["router/llm-gateway"]
 
 
 def example_outputs(terraform_values: dict[str, Any]) -> dict[str, Any]:
@@ -283,39 +292,45 @@ def azure_env(*args: str | Path) -> Any:
 
 def test_azure_env_holds_the_names_terraform_creates(rendered, terraform_values, tmp_path):
     """azure.env is what azure_env.py writes from Terraform's outputs for example.tfvars, and
-    the gpu overlays use it: the image comes from the registry Terraform names
-    (<prefix>acr<hash>.azurecr.io), the SecretProviderClass reads Terraform's Key Vault."""
+    the AKS overlays use it: every image (the router's and the engines' too) comes from the
+    registry Terraform names (<prefix>acr<hash>.azurecr.io), the SecretProviderClass reads
+    Terraform's Key Vault."""
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps(example_outputs(terraform_values)))
     done = azure_env("--outputs", outputs, "--check")
     assert done.returncode == 0, output(done)
     registry = terraform_values["acr_login_server"]
     assert registry == f"{terraform_values['acr_name']}.azurecr.io"
-    for overlay in GPU_OVERLAYS:
+    for overlay in AKS_OVERLAYS:
         docs = rendered[overlay]
-        image = container(gateway(docs), "gateway")["image"]
-        assert image.startswith(f"{registry}/llm-gateway:") or image.startswith(
-            f"{registry}/llm-gateway@sha256:"
-        ), image
+        for deployment in [gateway(docs), *engines(docs)]:
+            image = main_container(deployment)["image"]
+            assert image.startswith(f"{registry}/llm-gateway:") or image.startswith(
+                f"{registry}/llm-gateway@sha256:"
+            ), image
         parameters = find(docs, "SecretProviderClass", f"{GATEWAY}-api-keys")["spec"]["parameters"]
         assert parameters["keyvaultName"] == terraform_values["key_vault_name"]
         assert parameters["tenantId"] == EXAMPLE_IDS["tenant_id"]
 
 
 def test_azure_env_check_fails_for_another_subscription(terraform_values, tmp_path):
-    """Control: outputs of another registry make --check fail; a digest pins the image; a
-    moving tag is refused."""
+    """Control: outputs of another registry make --check fail; digests pin both images (cuda
+    and cpu); a moving tag is refused for either."""
     outputs = example_outputs(terraform_values)
     outputs["acr_login_server"]["value"] = "otheracr123456.azurecr.io"
     path = tmp_path / "outputs.json"
     path.write_text(json.dumps(outputs))
     stale = azure_env("--outputs", path, "--check")
     assert stale.returncode == 1 and "stale" in stale.stderr
-    digest = "sha256:" + "ab" * 32
+    digest, cpu_digest = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
     target = tmp_path / "azure.env"
-    assert azure_env("--outputs", path, "--digest", digest, "--output", target).returncode == 0
-    assert f"GATEWAY_IMAGE=otheracr123456.azurecr.io/llm-gateway@{digest}" in target.read_text()
-    assert azure_env("--outputs", path, "--tag", "latest", "--output", target).returncode == 2
+    pins = ("--digest", digest, "--cpu-digest", cpu_digest)
+    assert azure_env("--outputs", path, *pins, "--output", target).returncode == 0
+    written = target.read_text()
+    assert f"GATEWAY_IMAGE=otheracr123456.azurecr.io/llm-gateway@{digest}" in written
+    assert f"GATEWAY_CPU_IMAGE=otheracr123456.azurecr.io/llm-gateway@{cpu_digest}" in written
+    for moving in (("--tag", "latest"), ("--cpu-tag", "latest")):
+        assert azure_env("--outputs", path, *moving, "--output", target).returncode == 2
 
 
 def test_cluster_objects_are_not_namespaced_into_the_app(rendered):

@@ -1,10 +1,12 @@
-"""infra/k8s/overlays/gpu/prestage_model.py, the gpu pods' init container, against a fake
+"""infra/k8s/components/model-cache/prestage_model.py, the gpu pods' init container, against a fake
 hub download (the one boundary that cannot be real here): what it stages, when it skips,
 what it refuses, and how two pods racing on the shared cache end."""
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import pytest
 
 from tests.infra.conftest import K8S
 
-SCRIPT = K8S / "overlays" / "gpu" / "prestage_model.py"
+SCRIPT = K8S / "components" / "model-cache" / "prestage_model.py"
 REPO = "Qwen/Qwen2.5-1.5B-Instruct"
 REVISION = "989aa7980e4cf806f80c7fef2b1adb7bc71aa306"
 
@@ -32,14 +34,21 @@ def prestage() -> ModuleType:
 
 
 class FakeHub:
-    """Records downloads and writes a config.json where snapshot_download would."""
+    """Records downloads and writes what snapshot_download would: a config.json, a tokenizer
+    and the weights, or only the files ``allow_patterns`` matches."""
+
+    FILES = ("config.json", "tokenizer.json", "model.safetensors")
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, *, repo_id: str, revision: str, local_dir: Path) -> str:
-        self.calls.append({"repo_id": repo_id, "revision": revision, "local_dir": local_dir})
-        (Path(local_dir) / "config.json").write_text('{"model_type": "qwen2"}')
+    def __call__(self, *, repo_id: str, revision: str, local_dir: Path, **only: Any) -> str:
+        self.calls.append({"repo_id": repo_id, "revision": revision, "local_dir": local_dir,
+                           **only})  # fmt: skip
+        patterns = only.get("allow_patterns") or ["*"]
+        for name in self.FILES:
+            if any(fnmatch.fnmatch(name, pattern) for pattern in patterns):
+                (Path(local_dir) / name).write_text('{"model_type": "qwen2"}')
         return str(local_dir)
 
 
@@ -126,3 +135,36 @@ def test_main_exits_non_zero_with_one_line(tmp_path: Path):
     )
     assert done.returncode == 1
     assert done.stderr.strip().startswith("pre-staging failed: MODEL_REVISION='main'")
+
+
+def test_allow_patterns_stage_only_the_tokenizer(prestage, tmp_path: Path):
+    """PRESTAGE_ALLOW_PATTERNS reaches the download as allow_patterns: only the matching
+    files are staged (no weights), the marker says which, and the next pod asking for the
+    same part downloads nothing."""
+    env = {"PRESTAGE_ROOT": str(tmp_path), "MODEL_REPO_ID": REPO, "MODEL_REVISION": REVISION,
+           "POD_NAME": "router-a", "MODEL_NAME": str(tmp_path / REPO / REVISION),
+           "PRESTAGE_ALLOW_PATTERNS": " tokenizer*, config.json ,"}  # fmt: skip
+    hub = FakeHub()
+    staged = prestage.run(env, hub)
+    assert hub.calls[0]["allow_patterns"] == ["tokenizer*", "config.json"]
+    assert sorted(p.name for p in staged.iterdir()) == [
+        prestage.MARKER, "config.json", "tokenizer.json"]  # fmt: skip
+    marker = json.loads((staged / prestage.MARKER).read_text())
+    assert marker["allow_patterns"] == ["tokenizer*", "config.json"]
+    assert prestage.run({**env, "POD_NAME": "router-b"}, hub) == staged
+    assert len(hub.calls) == 1
+
+
+def test_a_staged_part_never_passes_for_the_whole_snapshot(prestage, tmp_path: Path):
+    """A tokenizer-only directory on the same root refuses a pod that needs the weights (or
+    another part), before any download, saying why; a whole snapshot serves a part."""
+    hub = FakeHub()
+    prestage.stage(tmp_path, REPO, REVISION, hub, "router-a", ["tokenizer*"])
+    for patterns in (None, ["tokenizer*", "config.json"]):
+        with pytest.raises(ValueError, match="holds only"):
+            prestage.stage(tmp_path, REPO, REVISION, hub, "engine-a", patterns)
+    assert len(hub.calls) == 1
+    whole = tmp_path / "whole"
+    prestage.stage(whole, REPO, REVISION, hub, "engine-a")
+    assert prestage.stage(whole, REPO, REVISION, hub, "router-a", ["tokenizer*"]).is_dir()
+    assert len(hub.calls) == 2 and "allow_patterns" not in hub.calls[1]

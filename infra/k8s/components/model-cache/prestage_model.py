@@ -1,7 +1,9 @@
 """Pre-stage the served model into the shared model cache before the gateway starts.
 
-Runs as the gateway pod's init container (overlays/gpu, mounted from a ConfigMap) in the
-gateway image, which has huggingface_hub. It downloads ``MODEL_REPO_ID`` at the pinned commit
+Runs as an init container (mounted from the ConfigMap of components/model-cache) in the
+gateway image, which has huggingface_hub: in the gateway pods of overlays/gpu and the engine
+pods of overlays/router, and, for the tokenizer only, in the router pods of overlays/router.
+It downloads ``MODEL_REPO_ID`` at the pinned commit
 ``MODEL_REVISION`` into ``PRESTAGE_ROOT/<repo id>/<revision>`` on the model-cache volume and
 checks that ``MODEL_NAME`` (what the gateway loads) is that directory, so the gateway serves
 exactly the pinned revision and never reaches the hub itself (HF_HUB_OFFLINE=1 there).
@@ -11,6 +13,10 @@ Contract:
 * a revision is a 40-hex commit id: a branch or tag could move under a running service;
 * a directory holding ``.prestaged.json`` is complete: later pods (and restarts) skip the
   download, so only the first pod on a new cache pays for it;
+* ``PRESTAGE_ALLOW_PATTERNS`` (comma-separated globs, e.g. ``tokenizer*,config.json``)
+  stages only the matching files (huggingface_hub's ``allow_patterns``): a router needs the
+  tokenizer, not the weights. The marker records them, and a part never passes for more: a
+  request for other files than a staged part fails (a whole snapshot serves any part);
 * downloads land in ``PRESTAGE_ROOT/.partial/<pod>`` (one per pod: two pods never write the
   same files; a restarted init container resumes its own) and are renamed into place, so a
   half-written model is never visible; the pod that loses the race drops its copy;
@@ -61,19 +67,30 @@ def check_pins(repo_id: str, revision: str) -> None:
         )
 
 
-def stage(root: Path, repo_id: str, revision: str, download: Download, worker: str) -> Path:
-    """Make ``target_dir(root, repo_id, revision)`` hold the complete snapshot; returns it."""
+def stage(
+    root: Path,
+    repo_id: str,
+    revision: str,
+    download: Download,
+    worker: str,
+    patterns: list[str] | None = None,
+) -> Path:
+    """Make ``target_dir(root, repo_id, revision)`` hold the complete snapshot (or, with
+    ``patterns``, the files matching them); returns it."""
     check_pins(repo_id, revision)
     final = target_dir(root, repo_id, revision)
     if (final / MARKER).is_file():
+        check_covers(final, patterns)
         print(f"{repo_id}@{revision} already staged in {final}", flush=True)
         return final
     remove_stale_partials(root / PARTIAL)
     partial = root / PARTIAL / worker
     partial.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    download(repo_id=repo_id, revision=revision, local_dir=partial)
+    only = {"allow_patterns": patterns} if patterns else {}
+    download(repo_id=repo_id, revision=revision, local_dir=partial, **only)
     info = {"repo_id": repo_id, "revision": revision, "seconds": round(time.monotonic() - started)}
+    info["allow_patterns"] = patterns or None
     (partial / MARKER).write_text(json.dumps(info))
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -84,6 +101,23 @@ def stage(root: Path, repo_id: str, revision: str, download: Download, worker: s
         shutil.rmtree(partial, ignore_errors=True)  # another pod staged it first
     print(f"staged {repo_id}@{revision} in {final} ({info['seconds']} s)", flush=True)
     return final
+
+
+def check_covers(staged: Path, patterns: list[str] | None) -> None:
+    """Refuse a staged part (its marker's allow_patterns) for the whole snapshot or another
+    part: the gateway would load a model without its weights."""
+    had = json.loads((staged / MARKER).read_text()).get("allow_patterns")
+    if had is not None and had != patterns:
+        raise ValueError(
+            f"{staged} holds only {had} (PRESTAGE_ALLOW_PATTERNS), not "
+            f"{patterns or 'the whole snapshot'}: use another PRESTAGE_ROOT or remove it"
+        )
+
+
+def allow_patterns(env: dict[str, str]) -> list[str] | None:
+    """PRESTAGE_ALLOW_PATTERNS as a list (unset or blank: the whole snapshot)."""
+    patterns = [p.strip() for p in env.get("PRESTAGE_ALLOW_PATTERNS", "").split(",")]
+    return [p for p in patterns if p] or None
 
 
 def remove_stale_partials(partials: Path, now: float | None = None) -> None:
@@ -107,7 +141,7 @@ def run(env: dict[str, str], download: Download) -> Path:
             "snapshot of MODEL_REPO_ID at MODEL_REVISION"
         )
     worker = env.get("POD_NAME") or uuid.uuid4().hex
-    return stage(root, repo_id, revision, download, worker)
+    return stage(root, repo_id, revision, download, worker, allow_patterns(env))
 
 
 def _timeout(signum: int, frame: object) -> None:
