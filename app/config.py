@@ -9,6 +9,7 @@ start-up with one clear line (see :func:`load_settings`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,10 @@ class ServerSettings(BaseSettings):
     # ~370 bytes an entry: a non-streamed answer keeps every token's alternatives until it
     # is sent (50k tokens x 20 would be 370 MB). Streams format them as they go.
     max_logprobs_entries: int = Field(default=100_000, ge=1)
+    readiness: Literal["all", "any"] = Field(
+        default="all",
+        description="Ready while every model (all) or some model (any) has a live deployment.",
+    )
     docs_enabled: bool | None = Field(
         default=None, description="/docs, /redoc, /openapi.json; unset: only when auth is off."
     )

@@ -23,12 +23,16 @@ async def healthz() -> Response:
 
 @router.get("/readyz", responses={503: ERROR_RESPONSES[503]})
 async def readyz(state: StateDep) -> Response:
-    """Readiness: not draining, and every model has a live deployment or a live fallback
-    (loaded or answering its health checks, its breaker not open)."""
+    """Readiness: not draining, and every model (``READINESS=any``: some model) has a live
+    deployment or a live fallback (loaded or answering its health checks, its breaker not
+    open)."""
     if state.lifecycle.draining:
         error = ServiceUnavailableError("The server is shutting down.", retry_after=5)
         return error_response(error)
-    unavailable = state.registry.router.unavailable_models()
+    router = state.registry.router
+    unavailable = router.unavailable_models()
+    if state.settings.server.readiness == "any" and len(unavailable) < len(router.routes):
+        unavailable = []
     if unavailable:
         message = f"No live deployment for: {', '.join(unavailable)}."
         return error_response(EngineUnavailableError(message, retry_after=NOT_READY_RETRY_S))

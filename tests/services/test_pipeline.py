@@ -18,6 +18,7 @@ import yaml
 from app.auth.keys import hash_key
 from app.config import Settings, load_settings
 from app.main import create_app
+from app.routing.settings import RoutingSettings
 from tests.conftest import make_settings
 from tests.support.raw_http import open_unread
 from tests.support.scripted_engine import ScriptedEngine
@@ -267,3 +268,31 @@ def test_a_changed_key_file_takes_effect_without_restart(
         path.write_text("keys: [{name: broken}]", encoding="utf-8")
         time.sleep(0.3)
         assert chat(srv.url, headers={"Authorization": f"Bearer {new}"}).status_code == 200
+
+
+@pytest.mark.parametrize(("readiness", "status"), [("all", 503), ("any", 200)])
+def test_readiness_with_one_model_down(
+    loop_thread: LoopThread, tmp_path: Path, readiness: str, status: int
+) -> None:
+    """Two models, one with its only engine down: /readyz fails by default (every model
+    must be live); with READINESS=any it stays ready, and the dead model answers 503."""
+    document = {
+        "models": [
+            {"id": "tiny-llama", "deployments": [{"name": "up", "kind": "local"}]},
+            {"id": "other", "deployments": [{"name": "down", "kind": "local"}]},
+        ]
+    }
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    settings = make_settings(readiness=readiness)
+    settings.routing = RoutingSettings(models_file=path)
+    engines = {"up": ScriptedEngine(), "down": ScriptedEngine(served_name="other", ready=False)}
+    running = start_server(loop_thread, create_app(settings, local_engines=engines))
+    try:
+        assert httpx.get(running.url + "/readyz").status_code == status
+        assert chat(running.url, headers={}).status_code == 200
+        dead = {"model": "other", "messages": HELLO, "max_tokens": 2}
+        response = httpx.post(running.url + "/v1/chat/completions", json=dead, timeout=10)
+        assert response.status_code == 503 and "Retry-After" in response.headers
+    finally:
+        stop_server(running)

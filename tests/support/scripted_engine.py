@@ -46,10 +46,11 @@ class ScriptedEngine:
     open_requests: set[str] = field(default_factory=set)
     last_progress_at: float = field(default_factory=time.monotonic)
     fail_encode: BaseException | None = None
+    ready: bool = True
 
     @property
     def is_ready(self) -> bool:
-        return True
+        return self.ready
 
     @property
     def model_info(self) -> ModelInfo:
