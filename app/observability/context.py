@@ -57,6 +57,7 @@ class RequestContext:
     scope: MutableMapping[str, Any] | None = field(default=None, repr=False)
     model: str | None = None
     deployment: str | None = None
+    resumed_from: str | None = None
     key_name: str | None = None
     priority: int | None = None
     stream: bool | None = None

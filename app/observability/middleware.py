@@ -176,6 +176,7 @@ def _log_fields(
         "latency_s": round(duration, 4),
         "model": ctx.model,
         "deployment": ctx.deployment,
+        "resumed_from": ctx.resumed_from,
         "key_name": ctx.key_name,
         "priority": ctx.priority,
         "stream": ctx.stream,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from app.deployments.base import Deployment
 from app.engine.protocol import ChoiceDelta, EngineStep, Job, SamplingOptions, TokenPrompt
 from app.errors import GatewayError
+from app.observability.context import note_request
 from app.observability.metrics import GatewayMetrics
 from app.routing.router import ModelRoute, Router
 from app.services.lease import RequestLease
@@ -160,6 +161,8 @@ class ResumableStream:
         return EngineStep(choices, finished=self._done)
 
     async def _resume(self, error: GatewayError) -> None:
+        if not self.attempts and not any(t.ids or t.finished for t in self._tracks):
+            raise error  # nothing handed on yet: the dispatcher fails over from scratch
         context = self.context
         reason = context.reason or self._why_not(error)
         if reason is not None:
@@ -173,6 +176,9 @@ class ResumableStream:
         await self._stream.aclose()  # type: ignore[attr-defined]
         old = context.lease.deployment
         context.lease.hand_over(deployment, error)
+        # A non-streamed answer's headers name the deployment that finished it; a stream's
+        # were sent already: the log line names both.
+        note_request(deployment=deployment.state.name, resumed_from=old.state.name if old else None)
         self._stream = self._continue_on(deployment)
         self._resumed = True
         context.metrics.request_resumed("resumed")

@@ -97,8 +97,8 @@ def _queued(url: str, out: dict[str, Any]) -> None:
 def test_killing_one_engine_sends_queued_requests_to_the_other(gateway: GatewayProcess) -> None:
     """Four streams fill the four slots, four requests queue behind them; SIGKILL one
     engine core. The queued requests are all served, by the other engine; the streams of
-    the killed one end with an error event; after its restart it serves again. Prints
-    kill → first queued request served elsewhere."""
+    the killed one are resumed on the other and finish too; after its restart it serves
+    again. Prints kill → first queued request served elsewhere."""
     streams: list[dict[str, Any]] = [{} for _ in range(4)]
     queued: list[dict[str, Any]] = [{} for _ in range(4)]
     threads = [threading.Thread(target=_stream, args=(gateway.url, s)) for s in streams]
@@ -118,10 +118,7 @@ def test_killing_one_engine_sends_queued_requests_to_the_other(gateway: GatewayP
     assert {q["deployment"] for q in queued} == {alive}
     for stream in streams:
         last = json.loads(stream["lines"][-2][6:])  # the event before [DONE]
-        if stream["deployment"] == dead[0]:
-            assert last["error"]["code"] == "engine_unavailable"
-        else:
-            assert last["choices"][0]["finish_reason"] == "length"
+        assert last["choices"][0]["finish_reason"] == "length", last
     first_served = min(q["at"] for q in queued) - killed
     started = time.monotonic()
     while not deployments(gateway.url)[dead[0]]["ready"]:
