@@ -161,7 +161,7 @@ class ResumableStream:
         return EngineStep(choices, finished=self._done)
 
     async def _resume(self, error: GatewayError) -> None:
-        if not self.attempts and not any(t.ids or t.finished for t in self._tracks):
+        if not self.attempts and not any(t.ids or t.parts or t.finished for t in self._tracks):
             raise error  # nothing handed on yet: the dispatcher fails over from scratch
         context = self.context
         reason = context.reason or self._why_not(error)
