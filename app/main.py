@@ -20,6 +20,7 @@ from app.auth.keys import KeyStore
 from app.auth.ratelimit import RateLimiter
 from app.auth.reload import KeyFileWatcher
 from app.auth.storage_health import StorageErrors
+from app.cache.service import ResponseCache
 from app.config import Settings, load_settings
 from app.deployments.local import LocalDeployment
 from app.deps import require_admin
@@ -105,13 +106,16 @@ def build_state(
     health.add("device", device_component)
     health.add("queue", lambda: {"status": "ok", **guards.admission.stats().as_dict()})
     health.add("rate_limit_storage", storage_errors.report)
+    cache = ResponseCache.from_settings(settings.cache, metrics)
+    if cache is not None:
+        health.add("cache", cache.health)
     metrics.on_collect(lambda: _refresh_gauges(metrics, registry, guards))
     return GatewayState(
         settings=settings,
         registry=registry,
         guards=guards,
         keys=keys,
-        pipeline=GenerationPipeline(registry, settings, guards, keys),
+        pipeline=GenerationPipeline(registry, settings, guards, keys, cache),
         lifecycle=Lifecycle(guards.admission, settings.resilience.shutdown_grace_s),
         alerts=AlertEvaluator.for_metrics(metrics, settings.observability),
         health=health,
@@ -184,6 +188,8 @@ def _lifespan(state: GatewayState, on_fatal: FatalHandler | None):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await state.guards.limiter.aclose()
+            if state.pipeline.cache is not None:
+                await state.pipeline.cache.aclose()
             await registry.pool.stop()
 
     return lifespan

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 
@@ -98,7 +100,14 @@ class RedisCache:
 
     @classmethod
     def from_url(cls, url: str, prefix: str, timeout_s: float) -> RedisCache:
-        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        # One immediate retry heals a pooled connection Redis closed (a restart): GET and SET
+        # are safe to repeat.
+        client = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
         return cls(client, prefix)
 
     async def get(self, key: str) -> Stored | None:
@@ -106,7 +115,7 @@ class RedisCache:
             raw = await self.client.get(f"{self.prefix}:{key}")
         except (RedisError, OSError, TimeoutError) as exc:
             raise CacheUnavailableError(f"redis: {exc}") from exc
-        if raw is None or len(raw) < 8:
+        if not isinstance(raw, bytes) or len(raw) < 8:
             return None
         return Stored(raw[8:], int.from_bytes(raw[:8], "big") / 1000)
 

@@ -59,6 +59,9 @@ class DeploymentState:
     kind: str
     breaker: EngineBreaker
     max_concurrency: int | None = None
+    # What the answers come from (a local model's path and revision, a remote's URL and
+    # model): the response cache keys on it, so swapped weights never serve old answers.
+    weights: str = ""
     in_flight: int = 0
     healthy: bool = True
     cooldown_until: float = 0.0

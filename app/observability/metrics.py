@@ -42,6 +42,7 @@ SHED_REASONS = ("queue_full", "queue_timeout", "overloaded", "draining")
 RATE_LIMITS = ("requests", "tokens", "concurrency")
 RATE_LIMIT_OPERATIONS = ("charge", "refund", "peek")
 RESUME_OUTCOMES = ("resumed", "failed", "not_resumable")
+CACHE_EVENTS = ("hit", "miss", "bypass", "store", "eviction")
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 _cache: weakref.WeakKeyDictionary[CollectorRegistry, GatewayMetrics] = weakref.WeakKeyDictionary()
@@ -210,6 +211,21 @@ class GatewayMetrics:
         )
         for outcome in RESUME_OUTCOMES:
             self.resumed.labels(outcome)
+        self.cache_events = Counter(
+            "gateway_cache",
+            "Response cache: hits, misses, bypasses (not cacheable, no-cache, storage down), "
+            "stores and evictions.",
+            ["event"],
+            registry=r,
+        )
+        for event in CACHE_EVENTS:
+            self.cache_events.labels(event)
+        self.cache_bytes = Gauge(
+            "gateway_cache_bytes", "Bytes held by the in-process response cache.", registry=r
+        )
+        self.cache_entries = Gauge(
+            "gateway_cache_entries", "Answers held by the in-process response cache.", registry=r
+        )
         self.model_available = Gauge(
             "gateway_model_available",
             "1 while a model has a live deployment or a live fallback.",
@@ -289,6 +305,14 @@ class GatewayMetrics:
         self.breaker_transitions.labels(old, new).inc()
         if deployment is not None:
             self.deployment_breaker_state.labels(deployment).set(BREAKER_STATES[new])
+
+    def cache_event(self, event: str, count: int = 1) -> None:
+        """A response-cache event, one of :data:`CACHE_EVENTS`."""
+        self.cache_events.labels(event).inc(count)
+
+    def set_cache_size(self, entries: int, size: int) -> None:
+        self.cache_entries.set(entries)
+        self.cache_bytes.set(size)
 
     def request_resumed(self, outcome: str) -> None:
         """A mid-stream failure: ``outcome`` is one of :data:`RESUME_OUTCOMES`."""

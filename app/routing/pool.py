@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from app.config import Settings
@@ -32,6 +33,16 @@ from app.routing.router import ModelRoute, Router, Tokenizer
 from app.routing.strategies import Strategy
 
 log = logging.getLogger(__name__)
+# The embedded model's directory, without importing the module that builds it (torch).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / ".models" / "tiny-llama"
+
+
+def _revision(source: str) -> str:
+    """A local model directory's revision: when its weights last changed (a rebuild of the
+    embedded model, a new snapshot staged at the same path); a hub id is its own."""
+    path = Path(source).expanduser()
+    stamps = [f.stat().st_mtime_ns for f in path.glob("*.safetensors")] if path.is_dir() else []
+    return str(max(stamps, default=0))
 
 
 class DeploymentPool:
@@ -95,14 +106,22 @@ class DeploymentPool:
 
     def _deployment(self, model: ModelSpec, spec: DeploymentSpec) -> Deployment:
         state = DeploymentState(
-            spec.name, model.id, spec.kind, self._breaker(spec.name), spec.max_concurrency
-        )
+            spec.name, model.id, spec.kind, self._breaker(spec.name), spec.max_concurrency,
+            weights=self._weights(spec),
+        )  # fmt: skip
         if isinstance(spec, OpenAIDeploymentSpec):
             return OpenAIDeployment(state, spec)
         given = self._given.get(spec.name)
         if given is not None:
             return LocalDeployment(state, given, owned=False)
         return LocalDeployment(state, self._engine(model, spec), owned=True)
+
+    def _weights(self, spec: DeploymentSpec) -> str:
+        """A deployment's weights identity (see DeploymentState.weights)."""
+        if isinstance(spec, OpenAIDeploymentSpec):
+            return f"openai:{spec.base_url}:{spec.model or ''}"
+        source = spec.model or self.settings.engine.model_name or str(DEFAULT_MODEL_DIR)
+        return f"local:{source}:{_revision(source)}"
 
     def _breaker(self, name: str) -> EngineBreaker:
         metrics = self.metrics

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic
 
 from app.deployments.base import Deployment, UpstreamError
@@ -49,10 +49,12 @@ class Dispatch(Generic[R]):
         log_: PromptLog,
         rebuild: Callable[[ModelRoute, Any], list[Job]],
         resume_attempts: int,
+        on_complete: Callable[[list[JobResult]], Awaitable[None]] | None = None,
     ) -> None:
         self.lease, self.router, self.endpoint, self.log = lease, router, endpoint, log_
         self._rebuild = rebuild
         self.resume_attempts = resume_attempts
+        self.on_complete = on_complete  # told the results of an answer that completed
 
     async def run(self, plan: Any) -> Reply:
         attempts = self.router.plan(plan.route, plan.key)
@@ -64,6 +66,7 @@ class Dispatch(Generic[R]):
             if jobs is None or permit is None:
                 continue
             self.lease.use(deployment, permit)
+            plan.answered_by = route
             note_request(model=route.id, deployment=deployment.state.name)
             try:
                 return await self._answer(plan, route, deployment, jobs)
@@ -102,11 +105,13 @@ class Dispatch(Generic[R]):
             ]
             self.lease.streams.extend(sources)
             formatter = self.endpoint.formatter(head, plan.req, jobs, decode)
-            events = self._events(sources, formatter)
+            events = self._events(sources, formatter, jobs)
             self.lease.streams.append(events)  # closed with the lease if the reply stops early
             return Reply(headers, events=events)
         results = await self._collect(deployment, jobs, context)
         self.log.completion(c.text for r in results for c in r.choices)
+        if self.on_complete is not None:
+            await self.on_complete(results)
         return Reply(headers, body=self.endpoint.body(head, plan.req, results, decode))
 
     def _generate(self, deployment: Deployment, job: Job) -> AsyncIterator[EngineStep]:
@@ -158,7 +163,7 @@ class Dispatch(Generic[R]):
         return JobResult(job, choices)
 
     async def _events(
-        self, sources: list[ResumableStream], formatter: StreamFormatter
+        self, sources: list[ResumableStream], formatter: StreamFormatter, jobs: list[Job]
     ) -> AsyncIterator[list[Chunk]]:
         """The stream's chunks, one list per engine step (the per-token path).
 
@@ -169,6 +174,7 @@ class Dispatch(Generic[R]):
         single = len(sources) == 1
         source: AsyncIterator[Any] = sources[0] if single else merge_streams(sources)
         lease.streams.append(source)
+        kept = _Results(jobs) if self.on_complete is not None else None
         yield formatter.opening()
         while True:
             try:
@@ -179,9 +185,27 @@ class Dispatch(Generic[R]):
             lease.step(step.num_tokens)
             if prompt_log.texts is not None:
                 prompt_log.step(step)
+            if kept is not None:
+                kept.add(index, step)
             yield formatter.step(index, step)
         prompt_log.completion()
+        if kept is not None and self.on_complete is not None:
+            await self.on_complete(kept.results)
         yield formatter.closing(lease.prompt_tokens, lease.completion_tokens)
+
+
+class _Results:
+    """A stream's answer, kept as it goes (only when it is to be cached)."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.results = [
+            JobResult(job, [ChoiceResult(index=i) for i in range(job.options.n)]) for job in jobs
+        ]
+
+    def add(self, index: int, step: EngineStep) -> None:
+        choices = self.results[index].choices
+        for delta in step.choices:
+            choices[delta.index].add(delta)
 
 
 def _admit(deployment: Deployment) -> Any:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from app.auth.keys import KeyStore, Principal
+from app.cache.service import CachedAnswer, ResponseCache
 from app.config import Settings
 from app.deployments.base import Deployment
 from app.errors import (
@@ -39,6 +40,7 @@ from app.resilience.deadline import Deadline
 from app.resilience.settings import LOWEST_PRIORITY
 from app.routing.registry import ModelRegistry
 from app.routing.router import ModelRoute, Router
+from app.services.cached import CacheStep, replay
 from app.services.dispatch import Dispatch
 from app.services.endpoint import ChatPrompt, Endpoint, Job, Prompt, R, Reply, TextPrompt
 from app.services.formatting import ResponseHead
@@ -70,12 +72,18 @@ class GenerationPipeline:
     """Shared by every generation route; :meth:`run` makes one :class:`RequestRun`."""
 
     def __init__(
-        self, registry: ModelRegistry, settings: Settings, guards: Guards, keys: KeyStore
+        self,
+        registry: ModelRegistry,
+        settings: Settings,
+        guards: Guards,
+        keys: KeyStore,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
         self.guards = guards
         self.keys = keys
+        self.cache = cache
 
     @property
     def router(self) -> Router:
@@ -97,6 +105,8 @@ class Plan(Generic[R]):
     priority: int
     streaming: bool
     key: bytes | None  # affinity: a session, or the prompt's prefix (prefix_affinity)
+    endpoint_name: str = ""
+    answered_by: ModelRoute | None = None  # the model that answered (a fallback, maybe)
 
 
 class RequestRun(Generic[R]):
@@ -139,12 +149,32 @@ class RequestRun(Generic[R]):
         self.lease.deadline.narrow(req.timeout)
         self.lease.guard.close()  # re-armed at the next wait, on the narrowed deadline
         plan = await self._plan(req, principal, header_priority, offload)
+        cache = CacheStep(
+            self.pipeline.cache, plan, principal, self.inbound.header("cache-control")
+        )
+        hit = await cache.lookup()
+        if hit is not None:
+            return await self._replay(plan, hit, cache)
         await self._admit_work(principal, plan)
         attempts = self.pipeline.settings.resilience.resume_attempts
         dispatch = Dispatch(
-            self.lease, self.router, self.endpoint, self.log, self.jobs_for, attempts
-        )
-        return await dispatch.run(plan)
+            self.lease, self.router, self.endpoint, self.log, self.jobs_for, attempts,
+            on_complete=cache.on_complete(),
+        )  # fmt: skip
+        reply = await dispatch.run(plan)
+        reply.headers |= cache.headers()
+        return reply
+
+    async def _replay(self, plan: Plan[R], hit: CachedAnswer, cache: CacheStep) -> Reply:
+        """A cache hit: no queue, no engine; its tokens charged only if configured."""
+        lease = self.lease
+        assert lease.charge is not None and self.pipeline.cache is not None
+        if self.pipeline.cache.settings.cache_hit_charge == "tokens":
+            completion = sum(c.num_tokens for choices in hit.jobs for c in choices)
+            await lease.charge.reserve(lease.prompt_tokens + completion)
+            lease.completion_tokens, lease.billable = completion, True
+        note_request(model=plan.route.id, deployment="cache")
+        return replay(self.endpoint, plan, hit, {**lease.charge.headers(), **cache.headers(hit)})
 
     async def _admit_key(self) -> tuple[Principal, int | None]:
         principal = self.pipeline.keys.authenticate(self.inbound.header("authorization"))
@@ -171,7 +201,9 @@ class RequestRun(Generic[R]):
         )
         prompts = self.endpoint.prompts(req, self.server)
         priority = _priority(principal, req.priority, header_priority)
-        plan = Plan(req, route, head, prompts, [], priority, streaming, None)
+        plan = Plan(
+            req, route, head, prompts, [], priority, streaming, None, self.endpoint.id_prefix
+        )
         plan.route, plan.jobs = await _maybe_in_thread(offload, self._fit, plan)
         if plan.route is not route:  # the overflow model answers, in name too
             plan.head = ResponseHead(head.id, head.created, plan.route.id)
