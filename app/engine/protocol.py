@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from app.engine.tool_protocol import ToolCallParser
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -34,6 +36,10 @@ class SamplingOptions:
     logprobs: int | None = None
     json_schema: dict[str, Any] | None = None
     json_object: bool = False
+    # Token id -> bias added to its logit (-100 forbids, +100 all but forces).
+    logit_bias: dict[int, float] | None = None
+    # False keeps special tokens in the text (a tool parser may need to see them).
+    skip_special_tokens: bool = True
 
 
 @dataclass(slots=True)
@@ -54,6 +60,7 @@ class ChoiceDelta:
     num_tokens: int
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
+    token_ids: Sequence[int] = ()
 
 
 @dataclass(slots=True)
@@ -77,6 +84,8 @@ class ModelInfo:
     source: str
     max_model_len: int
     created: int
+    # Width of the logits: token ids (logit_bias keys) run from 0 to vocab_size - 1.
+    vocab_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +118,16 @@ class EngineClient(Protocol):
 
     def encode_prompt(self, text: str) -> list[int]: ...
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """The chat template applied to ``messages`` (and ``tools``, which it renders)."""
+        ...
+
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolCallParser:
+        """A fresh parser (one choice's output) of the model's tool-call syntax ``name``
+        (vLLM's ``--tool-call-parser`` names); ``ValueError`` when it cannot be built."""
+        ...
 
     def decode(self, token_ids: list[int]) -> str: ...
 

@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from app.engine.protocol import DeviceInfo, EngineStep, ModelInfo, SamplingOptions
+from app.engine.tool_protocol import ToolCallParser
 from app.errors import EngineUnavailableError
 from app.resilience.watchdog import ProgressWatchdog
 
@@ -156,8 +157,13 @@ class EngineSupervisor:
     def encode_prompt(self, text: str) -> list[int]:
         return self._engine.encode_prompt(text)
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self._engine.encode_chat(messages)
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        return self._engine.encode_chat(messages, tools)
+
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolCallParser:
+        return self._engine.tool_parser(name, tools)
 
     def decode(self, token_ids: list[int]) -> str:
         return self._engine.decode(token_ids)

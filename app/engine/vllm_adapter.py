@@ -33,6 +33,8 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
         min_tokens=options.min_tokens,
         ignore_eos=options.ignore_eos,
         logprobs=options.logprobs,
+        logit_bias=options.logit_bias,
+        skip_special_tokens=options.skip_special_tokens,
         structured_outputs=_structured_outputs(options),
         output_kind=RequestOutputKind.DELTA,
     )
@@ -55,6 +57,7 @@ def to_engine_step(output: RequestOutput, top_logprobs: int) -> EngineStep:
             num_tokens=len(completion.token_ids),
             finish_reason=_finish_reason(completion.finish_reason),
             logprobs=_logprobs(completion.token_ids, completion.logprobs, top_logprobs),
+            token_ids=completion.token_ids,
         )
         for completion in output.outputs
     ]

@@ -21,9 +21,10 @@ Decode = Callable[[list[int]], str]
 
 @dataclass(frozen=True, slots=True)
 class ChatPrompt:
-    """Messages, rendered with the model's chat template."""
+    """Messages (and the function tools declared), rendered with the model's template."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,7 +179,7 @@ class RequestRun(Generic[R]):
 
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, ChatPrompt):
-            return self.engine.encode_chat(prompt.messages)
+            return self.engine.encode_chat(prompt.messages, prompt.tools)
         if isinstance(prompt, TextPrompt):
             return self.engine.encode_prompt(prompt.text)
         return prompt.ids
