@@ -12,7 +12,6 @@ from app.schemas.openai import ChatCompletionRequest
 from app.services.chat import ChatEndpoint
 
 router = APIRouter(tags=["openai"])
-CHAT = ChatEndpoint()
 
 
 @router.post(
@@ -21,5 +20,6 @@ CHAT = ChatEndpoint()
     openapi_extra=json_body(ChatCompletionRequest),
 )
 async def chat_completions(pipeline: PipelineDep) -> Response:
-    """OpenAI chat completions, streaming (SSE) or not."""
-    return PipelineResponse(pipeline, CHAT)
+    """OpenAI chat completions, streaming (SSE) or not, with function tools."""
+    endpoint = ChatEndpoint(pipeline.engine, pipeline.settings.engine.tool_call_parser)
+    return PipelineResponse(pipeline, endpoint)
