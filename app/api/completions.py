@@ -12,7 +12,6 @@ from app.schemas.openai import CompletionRequest
 from app.services.completions import CompletionEndpoint
 
 router = APIRouter(tags=["openai"])
-COMPLETIONS = CompletionEndpoint()
 
 
 @router.post(
@@ -20,4 +19,4 @@ COMPLETIONS = CompletionEndpoint()
 )
 async def completions(pipeline: PipelineDep) -> Response:
     """OpenAI (legacy) text completions, streaming (SSE) or not."""
-    return PipelineResponse(pipeline, COMPLETIONS)
+    return PipelineResponse(pipeline, CompletionEndpoint(pipeline.engine))

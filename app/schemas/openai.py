@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from app.engine.protocol import SamplingOptions
 from app.errors import InvalidRequestError
+from app.schemas import logit_bias
 from app.schemas.base import GatewayModel as _Request
 from app.schemas.messages import ChatMessage
 from app.schemas.tools import MAX_TOOLS, ChatTool, NamedToolChoice, ToolChoice, forced_call_schema
@@ -66,6 +67,7 @@ class _SamplingRequest(_Request):
     ignore_eos: bool = False
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     skip_special_tokens: bool = True
+    logit_bias: dict[str, float] | None = None
     # Gateway extras: may lower (never raise) the key's priority; cap the deadline.
     priority: int | None = Field(default=None, ge=0, le=10)
     timeout: float | None = Field(default=None, gt=0)
@@ -79,6 +81,18 @@ class _SamplingRequest(_Request):
         if any(len(item) > MAX_STOP_CHARS for item in items):
             raise ValueError(f"stop sequences must be at most {MAX_STOP_CHARS} characters")
         return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _biases_in_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            logit_bias.token_biases(value)
+        return value
+
+    @property
+    def token_biases(self) -> dict[int, float] | None:
+        """``logit_bias`` keyed by token id (checked against the vocabulary by the route)."""
+        return logit_bias.token_biases(self.logit_bias) if self.logit_bias else None
 
     @property
     def include_usage(self) -> bool:
@@ -116,6 +130,7 @@ class _SamplingRequest(_Request):
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            logit_bias=self.token_biases,
             skip_special_tokens=self.skip_special_tokens,
         )
 

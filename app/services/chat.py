@@ -11,6 +11,7 @@ from app.config import ServerSettings
 from app.engine.protocol import EngineClient
 from app.engine.tool_protocol import ToolCallParser
 from app.errors import InvalidRequestError
+from app.schemas import logit_bias
 from app.schemas.openai import ChatCompletionRequest
 from app.schemas.tools import NamedToolChoice, check_tool_bounds
 from app.services import formatting as fmt
@@ -43,7 +44,7 @@ class ChatEndpoint:
         self.engine, self.tool_call_parser = engine, tool_call_parser
 
     def precheck(self, data: Mapping[str, Any], server: ServerSettings) -> None:
-        """Bounds before validation: 120k messages (or tools) must not be
+        """Bounds before validation: 120k messages (or tools, or biases) must not be
         validated, templated or tokenized to be refused."""
         messages = data.get("messages")
         if isinstance(messages, list) and len(messages) > server.max_messages:
@@ -51,6 +52,7 @@ class ChatEndpoint:
                 f"At most {server.max_messages} messages per request; got {len(messages)}.",
                 param="messages",
             )
+        logit_bias.check_count(data)
         check_tool_bounds(data)
 
     def streams(self, req: ChatCompletionRequest) -> bool:
@@ -58,6 +60,7 @@ class ChatEndpoint:
 
     def prompts(self, req: ChatCompletionRequest, server: ServerSettings) -> list[Prompt]:
         check_n(req.n, server)
+        logit_bias.check_in_vocabulary(req.token_biases, self.engine.model_info.vocab_size)
         if self._parses_calls(req) and not self._parser(req).skip_special_tokens:
             req.skip_special_tokens = False  # the parser reads the model's special tokens
         return [ChatPrompt(req.chat_messages(), req.template_tools())]

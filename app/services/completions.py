@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.config import ServerSettings
-from app.engine.protocol import EngineStep
+from app.engine.protocol import EngineClient, EngineStep
 from app.errors import InvalidRequestError
+from app.schemas import logit_bias
 from app.schemas.openai import CompletionRequest
 from app.services import formatting as fmt
 from app.services.chat import check_n
@@ -18,11 +19,17 @@ OBJECT = "text_completion"
 
 
 class CompletionEndpoint:
+    """One request's completions route (the engine's vocabulary bounds ``logit_bias``)."""
+
     request_model = CompletionRequest
     id_prefix = "cmpl"
     prompt_param = "prompt"
 
+    def __init__(self, engine: EngineClient) -> None:
+        self.engine = engine
+
     def precheck(self, data: Mapping[str, Any], server: ServerSettings) -> None:
+        logit_bias.check_count(data)
         prompt, limit = data.get("prompt"), server.max_prompts_per_request
         if not isinstance(prompt, list) or not prompt or isinstance(prompt[0], int):
             return  # one prompt: text, or a list of token ids
@@ -34,6 +41,7 @@ class CompletionEndpoint:
 
     def prompts(self, req: CompletionRequest, server: ServerSettings) -> list[Prompt]:
         check_n(req.n, server)
+        logit_bias.check_in_vocabulary(req.token_biases, self.engine.model_info.vocab_size)
         return [
             TextPrompt(prompt) if isinstance(prompt, str) else TokenPrompt(prompt)
             for prompt in req.prompts()

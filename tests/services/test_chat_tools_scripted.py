@@ -1,7 +1,7 @@
-"""Tool calls through the whole pipeline, fast and deterministic: real HTTP,
+"""Tool calls and logit_bias through the whole pipeline, fast and deterministic: real HTTP,
 a scripted engine at the ``EngineClient`` seam that writes a fixed call list one byte per
 step. Each behaviour here also has a real-engine test (tests/api/test_chat_tools.py,
-tests/e2e/test_tools_pipeline.py)."""
+tests/api/test_logit_bias.py, tests/e2e/test_tools_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -79,3 +79,20 @@ def test_forced_calls_reach_the_engine_as_its_structured_output_schema(
     assert single.json_schema["maxItems"] == 1 and single.json_schema["minItems"] == 1
     names = [b["properties"]["name"]["enum"] for b in single.json_schema["items"]["anyOf"]]
     assert names == [["get_weather"], ["get_time"]]
+
+
+def test_logit_bias_is_checked_before_the_engine_and_passed_to_it(
+    loop_thread: LoopThread,
+) -> None:
+    """An id outside the vocabulary is refused before anything reaches the engine; valid
+    biases arrive in the engine's options keyed by integer token id."""
+    engine = ScriptedEngine()
+    with serving(loop_thread, engine) as srv:
+        url = srv.url + "/v1/completions"
+        body = {"model": "scripted", "prompt": "hi", "max_tokens": 2}
+        refused = httpx.post(url, json={**body, "logit_bias": {"256": 1}})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "logit_bias"
+        assert not engine.calls_of("encode_prompt")
+        assert httpx.post(url, json={**body, "logit_bias": {"5": 100, "7": -2.5}}).is_success
+    (call,) = engine.calls_of("generate")
+    assert call[2].logit_bias == {5: 100.0, 7: -2.5}
