@@ -57,7 +57,11 @@ class VllmToolParser:
         return bool(self._request.skip_special_tokens)
 
     def parse(self, text: str) -> ParsedOutput:
-        info = self._parser.extract_tool_calls(text, self._request)
+        try:
+            info = self._parser.extract_tool_calls(text, self._request)
+        except Exception:  # as for a delta: a parser bug leaves the answer as content
+            log.warning("tool parser failed on an answer", exc_info=True)
+            return ParsedOutput(text)
         if not info.tools_called:
             return ParsedOutput(text if info.content is None else info.content)
         calls = [ParsedCall(c.function.name, c.function.arguments) for c in info.tool_calls]
