@@ -21,5 +21,5 @@ CHAT = ChatEndpoint()
     openapi_extra=json_body(ChatCompletionRequest),
 )
 async def chat_completions(pipeline: PipelineDep) -> Response:
-    """OpenAI chat completions, streaming (SSE) or not."""
+    """OpenAI chat completions, streaming (SSE) or not, with function tools."""
     return PipelineResponse(pipeline, CHAT)

@@ -32,7 +32,12 @@ from app.engine.protocol import SamplingOptions
 KEY_VERSION = "v1"  # bump to orphan every entry when the answer format changes
 
 # Request fields that shape the answer but reach the engine through no sampling field.
-RESPONSE_SHAPING = ("logprobs", "top_logprobs", "echo", "return_token_ids", "response_format")
+# Tools are rendered into the prompt too, but they (and the choice among them) also decide
+# how the text is read for calls, so they are in the key as written.
+RESPONSE_SHAPING = (
+    "logprobs", "top_logprobs", "echo", "return_token_ids", "response_format",
+    "tools", "tool_choice", "parallel_tool_calls",
+)  # fmt: skip
 
 # Request fields deliberately left out of the key, and why.
 NOT_IN_KEY: Mapping[str, str] = {
@@ -60,6 +65,8 @@ NOT_IN_KEY: Mapping[str, str] = {
     "repetition_penalty": "in the sampling options",
     "min_tokens": "in the sampling options",
     "ignore_eos": "in the sampling options",
+    "logit_bias": "in the sampling options (as token id -> bias)",
+    "skip_special_tokens": "in the sampling options",
 }
 
 

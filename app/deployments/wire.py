@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from app.engine.protocol import (
     ChatPrompt,
     ChoiceDelta,
@@ -45,13 +47,32 @@ def request_body(job: Job, model: str, send: str, priority: bool) -> dict[str, A
     if send == "tokens":
         body |= {"prompt": job.prompt_ids, "return_token_ids": True}
     elif isinstance(prompt, ChatPrompt):
-        body["messages"] = prompt.messages
+        body["messages"] = [_openai_message(message) for message in prompt.messages]
+        if prompt.tools:  # rendered there; read for calls here (see ChatEndpoint)
+            body |= {"tools": prompt.tools, "tool_choice": "none"}
     else:
         body["prompt"] = prompt.text if isinstance(prompt, TextPrompt) else job.prompt_ids
     body |= sampling_fields(job.options, chat)
     if priority:
         body["priority"] = job.priority
     return body
+
+
+def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A template-shaped message (arguments as objects) as OpenAI's wire has it."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    wire_calls = [
+        call | {"function": call["function"] | {"arguments": _arguments(call["function"])}}
+        for call in calls
+    ]
+    return message | {"tool_calls": wire_calls}
+
+
+def _arguments(function: dict[str, Any]) -> str:
+    arguments = function["arguments"]
+    return arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
 
 
 def sampling_fields(options: SamplingOptions, chat: bool) -> dict[str, Any]:
@@ -75,6 +96,8 @@ def sampling_fields(options: SamplingOptions, chat: bool) -> dict[str, Any]:
         ),
         "min_tokens": options.min_tokens or None,
         "ignore_eos": options.ignore_eos or None,
+        "logit_bias": {str(k): v for k, v in (options.logit_bias or {}).items()} or None,
+        "skip_special_tokens": None if options.skip_special_tokens else False,
     }
     fields |= {name: value for name, value in optional.items() if value is not None}
     if options.logprobs is not None:

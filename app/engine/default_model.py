@@ -65,19 +65,47 @@ PAD_TOKEN = END_OF_TEXT_TOKEN
 SPECIAL_TOKENS = (BOS_TOKEN, END_OF_TEXT_TOKEN, IM_START_TOKEN, IM_END_TOKEN)
 
 # ChatML. Content may be a string or a list of OpenAI-style parts (only text parts render).
+# Tools render as Qwen 2.5 / Hermes do: their JSON in the system turn, calls as
+# <tool_call>{"name": ..., "arguments": ...}</tool_call> in the assistant's turn (arguments
+# that are not an object render as a JSON string), results in <tool_response> in the tool's
+# turn. Without tools or calls it renders what it always did, which is what the model was
+# trained on: the template is in input_hash, but the weights come out the same.
 CHAT_TEMPLATE = (
+    "{%- macro render_content(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- elif content is not none -%}"
+    "{%- for part in content -%}"
+    "{%- if part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endmacro -%}"
     "{{ bos_token }}"
-    "{% for message in messages %}"
+    "{%- set system_first = messages and messages[0]['role'] == 'system' -%}"
+    "{%- if tools -%}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{%- if system_first -%}{{ render_content(messages[0]['content']) + '\\n\\n' }}{%- endif -%}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools -%}{{ '\\n' + (tool | tojson) }}{%- endfor -%}"
+    "{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name "
+    "and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if not (tools and loop.first and system_first) -%}"
     "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% elif message['content'] is not none %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
+    "{%- if message['role'] == 'tool' -%}"
+    "{{ '<tool_response>\\n' + render_content(message['content']) + '\\n</tool_response>' }}"
+    "{%- else -%}{{ render_content(message['content']) }}{%- endif -%}"
+    "{%- for call in message.get('tool_calls') or [] -%}"
+    "{%- if message['content'] or not loop.first -%}{{ '\\n' }}{%- endif -%}"
+    "{{ '<tool_call>\\n{\"name\": ' + (call['function']['name'] | tojson) + ', \"arguments\": '"
+    " + (call['function']['arguments'] | tojson) + '}\\n</tool_call>' }}"
+    "{%- endfor -%}"
     "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
 
 TOKENIZER_SETTINGS: dict[str, Any] = {"vocab_size": 4096, "min_frequency": 2}

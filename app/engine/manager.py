@@ -31,6 +31,7 @@ from app.engine.device import default_gpu_memory_utilization, detect_device
 from app.engine.protocol import DeviceInfo, EngineStep, ModelInfo, SamplingOptions
 from app.engine.settings import EngineSettings
 from app.engine.tokenizer import render_chat
+from app.engine.tool_parsing import VllmToolParser, build_tool_parser, tool_parser_class
 from app.engine.tuning import cpu_engine_env, kv_bytes_per_token, kv_cache_bytes
 from app.engine.vllm_adapter import to_engine_step, to_sampling_params
 from app.errors import (
@@ -57,7 +58,11 @@ class EngineManager:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Build the engine in a worker thread; raises if the model cannot be loaded."""
+        """Build the engine in a worker thread; raises if the model cannot be loaded, or
+        ``ValueError`` if ``TOOL_CALL_PARSER`` names no parser or one that does not fit it."""
+        parser = self._settings.tool_call_parser
+        if parser is not None:
+            await asyncio.to_thread(tool_parser_class, parser)  # a typo fails before the load
         source = await asyncio.to_thread(self._resolve_model_source)
         started = time.perf_counter()
         engine = await asyncio.to_thread(self._build, source)
@@ -68,11 +73,21 @@ class EngineManager:
             source=source,
             max_model_len=engine.model_config.max_model_len,
             created=int(time.time()),
+            vocab_size=engine.model_config.get_vocab_size(),
         )
+        if parser is not None:
+            await self._check_tool_parser(parser)
         log.info(
             "engine ready",
             extra={"model": source, "startup_s": round(time.perf_counter() - started, 1)},
         )
+
+    async def _check_tool_parser(self, name: str) -> None:
+        try:
+            self.tool_parser(name, [])
+        except ValueError:
+            await self.stop()
+            raise
 
     def _build(self, source: str) -> AsyncLLM:
         """vLLM's config with the KV cache sized to the need, then the engine (blocking)."""
@@ -186,17 +201,28 @@ class EngineManager:
 
     # -- prompts ---------------------------------------------------------------------------
 
+    @property
+    def vocab_size(self) -> int:
+        return self.model_info.vocab_size
+
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids for a completion prompt, with the model's BOS as vLLM's server adds it."""
         return list(self._require_tokenizer().encode(text))
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """The chat template applied (ending in the assistant's turn), as token ids."""
-        return render_chat(self._require_tokenizer(), messages)
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """The chat template applied (ending in the assistant's turn), as token ids; the
+        template renders ``tools`` (OpenAI's ``{"type": "function", "function": ...}``)."""
+        return render_chat(self._require_tokenizer(), messages, tools)
 
-    def decode(self, token_ids: list[int]) -> str:
-        """Text of ``token_ids`` as vLLM spells output (special tokens skipped)."""
-        return str(self._require_tokenizer().decode(token_ids, skip_special_tokens=True))
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Text of ``token_ids`` as vLLM spells output (special tokens skipped by default)."""
+        tokenizer = self._require_tokenizer()
+        return str(tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens))
+
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> VllmToolParser:
+        return build_tool_parser(name, self._require_tokenizer(), tools)
 
     # -- generation ------------------------------------------------------------------------
 

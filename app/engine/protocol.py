@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from app.engine.tool_protocol import ToolCallParser
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -34,6 +36,10 @@ class SamplingOptions:
     logprobs: int | None = None
     json_schema: dict[str, Any] | None = None
     json_object: bool = False
+    # Token id -> bias added to its logit (-100 forbids, +100 all but forces).
+    logit_bias: dict[int, float] | None = None
+    # False keeps special tokens in the text (a tool parser may need to see them).
+    skip_special_tokens: bool = True
 
 
 @dataclass(slots=True)
@@ -73,9 +79,10 @@ class EngineStep:
 
 @dataclass(frozen=True, slots=True)
 class ChatPrompt:
-    """Messages, rendered with the model's chat template."""
+    """Messages (and the function tools declared), rendered with the model's template."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,8 @@ class ModelInfo:
     source: str
     max_model_len: int
     created: int
+    # Width of the logits: token ids (logit_bias keys) run from 0 to vocab_size - 1.
+    vocab_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +150,25 @@ class EngineClient(Protocol):
         stall detection and the breaker judge the engine by this, not one consumer."""
         ...
 
+    @property
+    def vocab_size(self) -> int:
+        """``model_info.vocab_size``: what the router's tokenizer protocol reads."""
+        ...
+
     def encode_prompt(self, text: str) -> list[int]: ...
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """The chat template applied to ``messages`` (and ``tools``, which it renders)."""
+        ...
 
-    def decode(self, token_ids: list[int]) -> str: ...
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolCallParser:
+        """A fresh parser (one choice's output) of the model's tool-call syntax ``name``
+        (vLLM's ``--tool-call-parser`` names); ``ValueError`` when it cannot be built."""
+        ...
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str: ...
 
     def generate(
         self,

@@ -41,6 +41,11 @@ class EngineSettings(BaseSettings):
     trust_remote_code: bool = False
     startup_timeout_s: float = Field(default=600.0, gt=0)
     max_logprobs: int = Field(default=20, ge=0)
+    tool_call_parser: str | None = Field(
+        default=None,
+        description="vLLM's parser of the model's tool calls for tool_choice auto "
+        "(hermes, llama3_json, mistral...); unset: auto is answered as text.",
+    )
     # Test-only: wrap the engine in the fault-injection seam (see app/engine/faults.py).
     fault_injection: FaultPlan | None = None
     allow_fault_injection: bool = False
@@ -56,7 +61,7 @@ class EngineSettings(BaseSettings):
         """The id clients use: SERVED_MODEL_NAME, else MODEL_NAME, else the embedded model's."""
         return self.served_model_name or self.model_name or DEFAULT_SERVED_NAME
 
-    @field_validator("model_name", "served_model_name")
+    @field_validator("model_name", "served_model_name", "tool_call_parser")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None

@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from app.engine.protocol import DeviceInfo, EngineStep, ModelInfo, SamplingOptions
+from app.engine.tool_protocol import ToolCallParser
 from app.errors import EngineUnavailableError
 from app.resilience.watchdog import ProgressWatchdog
 
@@ -157,14 +158,23 @@ class EngineSupervisor:
 
     # The model's tokenizer is the last started engine's: it serves through a restart.
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self._speaker.vocab_size)
+
     def encode_prompt(self, text: str) -> list[int]:
         return self._speaker.encode_prompt(text)
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self._speaker.encode_chat(messages)
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        return self._speaker.encode_chat(messages, tools)
 
-    def decode(self, token_ids: list[int]) -> str:
-        return self._speaker.decode(token_ids)
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolCallParser:
+        return self._speaker.tool_parser(name, tools)
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._speaker.decode(token_ids, skip_special_tokens)
 
     def num_unfinished_requests(self) -> int:
         return self._engine.num_unfinished_requests()

@@ -33,6 +33,8 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
         min_tokens=options.min_tokens,
         ignore_eos=options.ignore_eos,
         logprobs=options.logprobs,
+        logit_bias=options.logit_bias,
+        skip_special_tokens=options.skip_special_tokens,
         structured_outputs=_structured_outputs(options),
         output_kind=RequestOutputKind.DELTA,
     )

@@ -114,6 +114,10 @@ class ModelSpec(_Spec):
     fallbacks: list[str] = Field(default_factory=list)
     context_length: int | None = Field(default=None, ge=16)
     tokenizer: str | None = Field(default=None, description="Counts and renders prompts.")
+    tool_call_parser: str | None = Field(
+        default=None,
+        description="vLLM's parser of this model's tool calls (default: TOOL_CALL_PARSER).",
+    )
 
     @property
     def has_local(self) -> bool:

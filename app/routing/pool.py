@@ -24,6 +24,7 @@ from app.observability.metrics import GatewayMetrics
 from app.resilience.breaker import BreakerTransition, EngineBreaker
 from app.routing.catalog import (
     Catalog,
+    CatalogError,
     DeploymentSpec,
     LocalDeploymentSpec,
     ModelSpec,
@@ -89,9 +90,26 @@ class DeploymentPool:
         routing = catalog.routing
         names = [d.state.name for d in deployments]
         strategy = Strategy(routing.strategy, names, routing.max_load_factor)
-        return ModelRoute(
-            model, deployments, self._tokenizer(model, deployments), strategy, int(time.time())
-        )
+        tokenizer = self._tokenizer(model, deployments)
+        parser = self._tool_call_parser(model, tokenizer, local=model.has_local)
+        return ModelRoute(model, deployments, tokenizer, strategy, int(time.time()), parser)
+
+    def _tool_call_parser(self, model: ModelSpec, tokenizer: Tokenizer, local: bool) -> str | None:
+        """The model's parser name, checked now: a typo, or a parser that does not fit the
+        model's tokenizer, is a configuration error (a local engine checks its own at start,
+        once its tokenizer is loaded)."""
+        name = model.tool_call_parser or self.settings.engine.tool_call_parser
+        if name is None:
+            return None
+        from app.engine.tool_parsing import tool_parser_class
+
+        try:
+            tool_parser_class(name)
+            if not local:
+                tokenizer.tool_parser(name, [])
+        except ValueError as exc:
+            raise CatalogError(f"models[{model.id}].tool_call_parser: {exc}") from None
+        return name
 
     def _tokenizer(self, model: ModelSpec, deployments: list[Deployment]) -> Tokenizer:
         local = next((d for d in deployments if isinstance(d, LocalDeployment)), None)
@@ -142,6 +160,7 @@ class DeploymentPool:
         overrides: dict[str, Any] = {
             "served_model_name": model.id,
             "model_name": spec.model or self.settings.engine.model_name,
+            "tool_call_parser": model.tool_call_parser or self.settings.engine.tool_call_parser,
             **{
                 field: value
                 for field, value in spec.model_dump(

@@ -92,7 +92,11 @@ class ModelRegistry:
         """Swap ``catalog`` in (unchanged deployments carry on; see the pool)."""
         if catalog == self.router.catalog:
             return
-        router, added, retired = self.pool.build(catalog)
+        try:
+            router, added, retired = self.pool.build(catalog)
+        except CatalogError as exc:  # e.g. an unknown tool_call_parser
+            self._refuse(str(exc))
+            return
         self.router, self.source = router, source
         self.pool.start(added)
         self.pool.retire(retired)

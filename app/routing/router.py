@@ -16,17 +16,29 @@ from typing import Any, Protocol
 
 from app.auth.keys import Principal
 from app.deployments.base import Deployment
+from app.engine.tool_protocol import ToolCallParser
 from app.errors import ModelNotFoundError
 from app.routing.catalog import Catalog, ModelSpec
 from app.routing.strategies import Strategy
 
 
 class Tokenizer(Protocol):
+    """A model's tokenizer: the local engine's, or one loaded for remote deployments."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids (``logit_bias`` keys) run from 0 to ``vocab_size - 1``."""
+        ...
+
     def encode_prompt(self, text: str) -> list[int]: ...
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]: ...
 
-    def decode(self, token_ids: list[int]) -> str: ...
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> ToolCallParser: ...
 
 
 class _Ranked:
@@ -55,6 +67,12 @@ class ModelRoute:
     tokenizer: Tokenizer
     strategy: Strategy
     created: int
+    tool_call_parser: str | None = None  # vLLM's parser of this model's call syntax
+
+    def tool_parser(self, tools: list[dict[str, Any]]) -> ToolCallParser:
+        """A fresh parser for one choice of this model's output (``tool_choice: auto``)."""
+        assert self.tool_call_parser is not None
+        return self.tokenizer.tool_parser(self.tool_call_parser, tools)
 
     @property
     def id(self) -> str:

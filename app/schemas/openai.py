@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from app.engine.protocol import SamplingOptions
 from app.errors import InvalidRequestError
+from app.schemas import logit_bias
+from app.schemas.base import GatewayModel as _Request
+from app.schemas.messages import ChatMessage
+from app.schemas.tools import MAX_TOOLS, ChatTool, NamedToolChoice, ToolChoice, forced_call_schema
 
 MAX_STOP_SEQUENCES = 4
 # Strings a client sends that end up in logs, error messages and the engine: bounded, so no
@@ -24,48 +28,6 @@ MAX_USER_CHARS = 256
 MAX_INT64 = 2**63 - 1
 # vLLM samples greedily below this temperature, and then allows only n=1.
 GREEDY_TEMPERATURE = 1e-5
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        """JSON can escape lone surrogates (``"\\ud800"``); no tokenizer, engine or error
-        message accepts them, so refuse them in every string field (and list of strings)."""
-        if not _is_valid_unicode(value):
-            raise ValueError("must be valid Unicode text (no lone surrogates)")
-        return value
-
-
-def _is_valid_unicode(value: Any) -> bool:
-    if isinstance(value, list):
-        return all(_is_valid_unicode(item) for item in value)
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-    return True
-
-
-class TextContentPart(_Request):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextContentPart] | None = None
-    name: str | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
 
 
 class StreamOptions(_Request):
@@ -104,6 +66,8 @@ class _SamplingRequest(_Request):
     min_tokens: int = Field(default=0, ge=0)
     ignore_eos: bool = False
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    skip_special_tokens: bool = True
+    logit_bias: dict[str, float] | None = None
     # Gateway extras: may lower (never raise) the key's priority; cap the deadline.
     priority: int | None = Field(default=None, ge=0, le=10)
     timeout: float | None = Field(default=None, gt=0)
@@ -117,6 +81,18 @@ class _SamplingRequest(_Request):
         if any(len(item) > MAX_STOP_CHARS for item in items):
             raise ValueError(f"stop sequences must be at most {MAX_STOP_CHARS} characters")
         return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _biases_in_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            logit_bias.token_biases(value)
+        return value
+
+    @property
+    def token_biases(self) -> dict[int, float] | None:
+        """``logit_bias`` keyed by token id (checked against the vocabulary by the route)."""
+        return logit_bias.token_biases(self.logit_bias) if self.logit_bias else None
 
     @property
     def include_usage(self) -> bool:
@@ -154,6 +130,8 @@ class _SamplingRequest(_Request):
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            logit_bias=self.token_biases,
+            skip_special_tokens=self.skip_special_tokens,
         )
 
 
@@ -168,6 +146,42 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: Annotated[list[ChatTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="after")
+    def _tool_choice_is_declared(self) -> ChatCompletionRequest:
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) < len(names):
+            raise InvalidRequestError("Tool names must be unique.", param="tools")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise InvalidRequestError(
+                f"tool_choice names the function {choice.function.name[:64]!r}, which is not "
+                "declared in tools.",
+                param="tool_choice",
+            )
+        if choice == "required" and not names:
+            raise InvalidRequestError(
+                "tool_choice 'required' needs at least one tool in tools.", param="tool_choice"
+            )
+        self._forced_call_schema()  # conflicting $defs: a 400 now, not after tokenizing
+        return self
+
+    @property
+    def effective_tool_choice(self) -> ToolChoice:
+        """OpenAI's defaults: ``auto`` when tools are declared, else ``none``."""
+        if not self.tools:
+            return "none"
+        return self.tool_choice or "auto"
+
+    @property
+    def allows_parallel_calls(self) -> bool:
+        return self.parallel_tool_calls is not False
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        return [tool.for_template() for tool in self.tools] if self.tools else None
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -180,12 +194,8 @@ class ChatCompletionRequest(_SamplingRequest):
             return 0
         return self.n * max_tokens * ((self.top_logprobs or 0) + 1)
 
-    def chat_messages(self) -> list[dict[str, str]]:
-        # "developer" is OpenAI's new name for "system"; templates know only the latter.
-        return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in self.messages
-        ]
+    def chat_messages(self) -> list[dict[str, Any]]:
+        return [message.for_template() for message in self.messages]
 
     def to_sampling_options(self, max_tokens: int) -> SamplingOptions:
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
@@ -195,7 +205,18 @@ class ChatCompletionRequest(_SamplingRequest):
             options.json_object = True
         elif fmt is not None and fmt.type == "json_schema":
             options.json_schema = fmt.json_schema.schema_ if fmt.json_schema else {}
+        forced = self._forced_call_schema()
+        if forced is not None:  # the call's shape replaces any response_format
+            options.json_schema, options.json_object = forced, False
         return options
+
+    def _forced_call_schema(self) -> dict[str, Any] | None:
+        try:
+            return forced_call_schema(
+                self.tools or [], self.effective_tool_choice, self.allows_parallel_calls
+            )
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), param="tools") from None
 
 
 PromptInput = str | list[str] | list[int] | list[list[int]]

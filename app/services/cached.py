@@ -85,12 +85,11 @@ def replay(endpoint: Endpoint[Any], plan: Any, hit: CachedAnswer, headers: dict[
     """A hit as the endpoint would have answered it."""
     results = [JobResult(job, choices) for job, choices in zip(plan.jobs, hit.jobs, strict=True)]
     prompt_tokens = sum(r.prompt_tokens for r in results)
-    decode = plan.route.tokenizer.decode
     if not plan.streaming:
-        body = endpoint.body(plan.head, plan.req, results, decode)
+        body = endpoint.body(plan.head, plan.req, results, plan.route)
         _cached_tokens(body, prompt_tokens)
         return Reply(headers, body=body)
-    formatter = endpoint.formatter(plan.head, plan.req, plan.jobs, decode)
+    formatter = endpoint.formatter(plan.head, plan.req, plan.jobs, plan.route)
     return Reply(headers, events=_events(formatter, results, prompt_tokens))
 
 

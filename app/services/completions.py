@@ -9,20 +9,25 @@ from typing import Any
 from app.config import ServerSettings
 from app.engine.protocol import EngineStep
 from app.errors import InvalidRequestError
+from app.routing.router import ModelRoute
+from app.schemas import logit_bias
 from app.schemas.openai import CompletionRequest
 from app.services import formatting as fmt
 from app.services.chat import check_n
-from app.services.endpoint import Chunk, Decode, Job, JobResult, Prompt, TextPrompt, TokenPrompt
+from app.services.endpoint import Chunk, Job, JobResult, Prompt, TextPrompt, TokenPrompt
 
 OBJECT = "text_completion"
 
 
 class CompletionEndpoint:
+    """``/v1/completions`` (the model's vocabulary bounds ``logit_bias``)."""
+
     request_model = CompletionRequest
     id_prefix = "cmpl"
     prompt_param = "prompt"
 
     def precheck(self, data: Mapping[str, Any], server: ServerSettings) -> None:
+        logit_bias.check_count(data)
         prompt, limit = data.get("prompt"), server.max_prompts_per_request
         if not isinstance(prompt, list) or not prompt or isinstance(prompt[0], int):
             return  # one prompt: text, or a list of token ids
@@ -32,8 +37,11 @@ class CompletionEndpoint:
     def streams(self, req: CompletionRequest) -> bool:
         return req.stream
 
-    def prompts(self, req: CompletionRequest, server: ServerSettings) -> list[Prompt]:
+    def prompts(
+        self, req: CompletionRequest, server: ServerSettings, route: ModelRoute
+    ) -> list[Prompt]:
         check_n(req.n, server)
+        logit_bias.check_in_vocabulary(req.token_biases, route.tokenizer.vocab_size)
         return [
             TextPrompt(prompt) if isinstance(prompt, str) else TokenPrompt(prompt)
             for prompt in req.prompts()
@@ -44,9 +52,9 @@ class CompletionEndpoint:
         head: fmt.ResponseHead,
         req: CompletionRequest,
         results: list[JobResult],
-        decode: Decode,
+        route: ModelRoute,
     ) -> Chunk:
-        echoes = [_echo(req, result.job, decode) for result in results]
+        echoes = [_echo(req, result.job, route) for result in results]
         choices, prefixes = [], []
         for p, result in enumerate(results):
             for choice in result.choices:
@@ -59,16 +67,16 @@ class CompletionEndpoint:
         )
 
     def formatter(
-        self, head: fmt.ResponseHead, req: CompletionRequest, jobs: list[Job], decode: Decode
+        self, head: fmt.ResponseHead, req: CompletionRequest, jobs: list[Job], route: ModelRoute
     ) -> CompletionStream:
-        return CompletionStream(head, req, [_echo(req, job, decode) for job in jobs])
+        return CompletionStream(head, req, [_echo(req, job, route) for job in jobs])
 
 
-def _echo(req: CompletionRequest, job: Job, decode: Decode) -> str:
+def _echo(req: CompletionRequest, job: Job, route: ModelRoute) -> str:
     if not req.echo:
         return ""
     prompt = job.prompt
-    return prompt.text if isinstance(prompt, TextPrompt) else decode(job.prompt_ids)
+    return prompt.text if isinstance(prompt, TextPrompt) else route.tokenizer.decode(job.prompt_ids)
 
 
 class CompletionStream:

@@ -95,7 +95,6 @@ class Dispatch(Generic[R]):
         head = plan.head if route is plan.route else _head_for(plan.head, route)
         assert self.lease.charge is not None
         headers = self.lease.charge.headers()
-        decode = route.tokenizer.decode
         context = self._resume_context(plan, route, jobs)
         if plan.streaming:
             opened = await self._open_streams(deployment, jobs)
@@ -104,7 +103,7 @@ class Dispatch(Generic[R]):
                 for o, job in zip(opened, jobs, strict=True)
             ]
             self.lease.streams.extend(sources)
-            formatter = self.endpoint.formatter(head, plan.req, jobs, decode)
+            formatter = self.endpoint.formatter(head, plan.req, jobs, route)
             events = self._events(sources, formatter, jobs)
             self.lease.streams.append(events)  # closed with the lease if the reply stops early
             return Reply(headers, events=events)
@@ -112,7 +111,7 @@ class Dispatch(Generic[R]):
         self.log.completion(c.text for r in results for c in r.choices)
         if self.on_complete is not None:
             await self.on_complete(results)
-        return Reply(headers, body=self.endpoint.body(head, plan.req, results, decode))
+        return Reply(headers, body=self.endpoint.body(head, plan.req, results, route))
 
     def _generate(self, deployment: Deployment, job: Job) -> AsyncIterator[EngineStep]:
         stream = deployment.generate(job)

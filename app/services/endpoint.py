@@ -7,9 +7,9 @@ tokenizing, queue, breaker, deadline) is :mod:`app.services.pipeline`'s alone.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from app.config import ServerSettings
 from app.engine.protocol import (
@@ -23,10 +23,12 @@ from app.engine.protocol import (
 )
 from app.services.formatting import ChoiceResult, ResponseHead
 
+if TYPE_CHECKING:
+    from app.routing.router import ModelRoute
+
 __all__ = ["ChatPrompt", "Job", "Prompt", "TextPrompt", "TokenPrompt"]
 
 Chunk = dict[str, Any]
-Decode = Callable[[list[int]], str]
 
 
 @dataclass(slots=True)
@@ -82,14 +84,18 @@ class Endpoint(Protocol[R]):
 
     def streams(self, req: R) -> bool: ...
 
-    def prompts(self, req: R, server: ServerSettings) -> list[Prompt]: ...
+    def prompts(self, req: R, server: ServerSettings, route: ModelRoute) -> list[Prompt]:
+        """The request's prompts for ``route``'s model (its vocabulary, its tool parser)."""
+        ...
 
     def body(
-        self, head: ResponseHead, req: R, results: list[JobResult], decode: Decode
-    ) -> Chunk: ...
+        self, head: ResponseHead, req: R, results: list[JobResult], route: ModelRoute
+    ) -> Chunk:
+        """The JSON answer, from the results of the model ``route`` that answered."""
+        ...
 
     def formatter(
-        self, head: ResponseHead, req: R, jobs: list[Job], decode: Decode
+        self, head: ResponseHead, req: R, jobs: list[Job], route: ModelRoute
     ) -> StreamFormatter: ...
 
 

@@ -90,17 +90,40 @@ def chat_completion(
     return body
 
 
-def chat_role_chunk(head: ResponseHead, index: int) -> dict[str, Any]:
+def chat_role_chunk(
+    head: ResponseHead,
+    index: int,
+    content: str | None = "",
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The first chunk of choice ``index``; content null when only calls will follow."""
+    delta: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        delta["tool_calls"] = tool_calls
+    return chat_delta_chunk(head, index, delta, None, None)
+
+
+def chat_delta_chunk(
+    head: ResponseHead,
+    index: int,
+    delta: dict[str, Any],
+    finish_reason: str | None,
+    logprobs: dict[str, Any] | None,
+) -> dict[str, Any]:
     body = head.envelope("chat.completion.chunk")
     body["choices"] = [
-        {
-            "index": index,
-            "delta": {"role": "assistant", "content": ""},
-            "logprobs": None,
-            "finish_reason": None,
-        }
+        {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
     ]
     return body
+
+
+def chat_message(content: str | None, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """An answer's message; ``tool_calls`` only when there are some (the spec's array is
+    not nullable)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
 
 
 def chat_chunk(head: ResponseHead, delta: ChoiceDelta, with_logprobs: bool) -> dict[str, Any]:

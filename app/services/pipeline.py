@@ -199,7 +199,7 @@ class RequestRun(Generic[R]):
         head = ResponseHead(
             f"{self.endpoint.id_prefix}-{uuid.uuid4().hex}", int(time.time()), route.id
         )
-        prompts = self.endpoint.prompts(req, self.server)
+        prompts = self.endpoint.prompts(req, self.server, route)
         priority = _priority(principal, req.priority, header_priority)
         plan = Plan(
             req, route, head, prompts, [], priority, streaming, None, self.endpoint.id_prefix
@@ -294,7 +294,7 @@ class RequestRun(Generic[R]):
 def _encode(route: ModelRoute, prompt: Prompt) -> list[int]:
     tokenizer = route.tokenizer
     if isinstance(prompt, ChatPrompt):
-        return tokenizer.encode_chat(prompt.messages)
+        return tokenizer.encode_chat(prompt.messages, prompt.tools)
     if isinstance(prompt, TextPrompt):
         return tokenizer.encode_prompt(prompt.text)
     return prompt.ids

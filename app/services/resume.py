@@ -23,6 +23,7 @@ multi-prompt completion, a stream from a deployment that did not say which token
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -121,7 +122,9 @@ class ResumableStream:
         self._pending = first
         self._stream = stream
         self._tracks = [ChoiceTrack(i) for i in range(job.options.n)]
-        self._respeller = Respeller(context.route.tokenizer.decode, job.options.stop)
+        skip = job.options.skip_special_tokens  # a tool parser may read special tokens
+        decode = functools.partial(context.route.tokenizer.decode, skip_special_tokens=skip)
+        self._respeller = Respeller(decode, job.options.stop)
         self._resumed = self._done = False
         self.attempts = 0
 

@@ -8,9 +8,10 @@ from typing import Any
 
 from app.config import ServerSettings
 from app.engine.protocol import EngineStep
+from app.routing.router import ModelRoute
 from app.schemas.openai import SimpleGenerateRequest
 from app.services import formatting as fmt
-from app.services.endpoint import Chunk, Decode, Job, JobResult, Prompt, TextPrompt
+from app.services.endpoint import Chunk, Job, JobResult, Prompt, TextPrompt
 
 
 class SimpleEndpoint:
@@ -27,7 +28,9 @@ class SimpleEndpoint:
     def streams(self, req: SimpleGenerateRequest) -> bool:
         return self.stream
 
-    def prompts(self, req: SimpleGenerateRequest, server: ServerSettings) -> list[Prompt]:
+    def prompts(
+        self, req: SimpleGenerateRequest, server: ServerSettings, route: ModelRoute
+    ) -> list[Prompt]:
         return [TextPrompt(req.prompt)]
 
     def body(
@@ -35,7 +38,7 @@ class SimpleEndpoint:
         head: fmt.ResponseHead,
         req: SimpleGenerateRequest,
         results: list[JobResult],
-        decode: Decode,
+        route: ModelRoute,
     ) -> Chunk:
         (result,) = results
         choice = result.choices[0]
@@ -48,7 +51,11 @@ class SimpleEndpoint:
         }
 
     def formatter(
-        self, head: fmt.ResponseHead, req: SimpleGenerateRequest, jobs: list[Job], decode: Decode
+        self,
+        head: fmt.ResponseHead,
+        req: SimpleGenerateRequest,
+        jobs: list[Job],
+        route: ModelRoute,
     ) -> SimpleStream:
         return SimpleStream(head)
 

@@ -37,6 +37,33 @@ def test_request_mode_sends_messages_or_text() -> None:
     assert text["prompt"] == "once" and "return_token_ids" not in text
 
 
+def test_request_mode_declares_tools_for_the_upstream_template_and_reads_calls_here() -> None:
+    """Tools go with ``tool_choice: none`` (the upstream renders them, the gateway reads the
+    calls); history calls carry their arguments as JSON text again, as OpenAI's wire has."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "4", "tool_call_id": "c1"},
+    ]
+    body = request_body(_job(ChatPrompt(messages, tools)), "m", "request", priority=False)
+    assert body["tools"] == tools and body["tool_choice"] == "none"
+    assert body["messages"][1]["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"x":1}'}
+    assert body["messages"][0] == messages[0] and body["messages"][2] == messages[2]
+    assert "tools" not in request_body(_job(ChatPrompt(messages)), "m", "request", False)
+
+
+def test_logit_bias_and_kept_special_tokens_reach_the_upstream() -> None:
+    """Token-id keys as JSON strings (as OpenAI's wire has them); ``skip_special_tokens``
+    only when it is not vLLM's default."""
+    job = _job(TextPrompt("x"), logit_bias={7: -100.0}, skip_special_tokens=False)
+    body = request_body(job, "m", "tokens", priority=False)
+    assert body["logit_bias"] == {"7": -100.0} and body["skip_special_tokens"] is False
+    plain = request_body(_job(TextPrompt("x")), "m", "tokens", priority=False)
+    assert "logit_bias" not in plain and "skip_special_tokens" not in plain
+
+
 def test_a_completion_chunk_becomes_a_step_with_exact_token_counts() -> None:
     chunk = {
         "choices": [

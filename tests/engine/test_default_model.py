@@ -140,6 +140,67 @@ def test_chat_template_accepts_openai_content_parts(tokenizer: PreTrainedTokeniz
     assert rendered == "<|begin_of_text|><|im_start|>user\nHello, world<|im_end|>\n"
 
 
+TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+TOOLS_SYSTEM = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+    '{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}'
+    "\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+)
+
+
+def test_chat_template_renders_tools_calls_and_results(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Tools join the system turn, calls render as <tool_call> JSON after the assistant's
+    text (arguments that are not an object as a JSON string), results as <tool_response>."""
+    calls = [
+        {"id": "a", "type": "function", "function": {"name": "get_time", "arguments": {"z": 1}}},
+        {"id": "b", "type": "function", "function": {"name": "get_time", "arguments": "{bad"}},
+    ]
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Time?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "a", "content": "noon"},
+    ]
+    rendered = tokenizer.apply_chat_template(
+        messages, tools=[TOOL], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == (
+        "<|begin_of_text|><|im_start|>system\nBe brief.\n\n"
+        + TOOLS_SYSTEM
+        + "<|im_start|>user\nTime?<|im_end|>\n"
+        "<|im_start|>assistant\nChecking.\n"
+        '<tool_call>\n{"name": "get_time", "arguments": {"z": 1}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_time", "arguments": "{bad"}\n</tool_call><|im_end|>\n'
+        "<|im_start|>tool\n<tool_response>\nnoon\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_chat_template_gives_tools_their_own_system_turn(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Without a system message the tools get a system turn of their own; a call with no
+    text before it starts the assistant's turn."""
+    call = {"id": "a", "type": "function", "function": {"name": "get_time", "arguments": {}}}
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Time?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    rendered = tokenizer.apply_chat_template(messages, tools=[TOOL], tokenize=False)
+    assert rendered == (
+        "<|begin_of_text|><|im_start|>system\n"
+        + TOOLS_SYSTEM
+        + "<|im_start|>user\nTime?<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_time", "arguments": {}}\n'
+        "</tool_call><|im_end|>\n"
+    )
+
+
 def test_chat_training_examples_match_the_template(tokenizer: PreTrainedTokenizerBase) -> None:
     """The synthetic chat examples the model trains on are exactly what the template renders."""
     for index in range(dm.TRAIN_SETTINGS["chat_system_every"]):

@@ -21,6 +21,11 @@ ROOTS = [
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    # Request parts the tool tests send, checked to be OpenAI's shapes.
+    "ChatCompletionTool",
+    "ChatCompletionToolChoiceOption",
+    "ChatCompletionRequestAssistantMessage",
+    "ChatCompletionRequestToolMessage",
 ]
 HERE = Path(__file__).parent
 DEFAULT_SOURCE = HERE.parents[2] / "shared" / "openai-openapi.yaml"

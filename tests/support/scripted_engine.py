@@ -54,7 +54,11 @@ class ScriptedEngine:
 
     @property
     def model_info(self) -> ModelInfo:
-        return ModelInfo(self.served_name, "scripted", self.max_model_len, 0)
+        return ModelInfo(self.served_name, "scripted", self.max_model_len, 0, VOCAB)
+
+    @property
+    def vocab_size(self) -> int:
+        return VOCAB
 
     @property
     def device_info(self) -> DeviceInfo:
@@ -66,13 +70,18 @@ class ScriptedEngine:
             raise self.fail_encode
         return list(text.encode())
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         self.calls.append(("encode_chat", list(messages)))
         if self.fail_encode is not None:
             raise self.fail_encode
         return list("".join(f"{m['role']}: {m['content']}\n" for m in messages).encode())
 
-    def decode(self, token_ids: list[int]) -> str:
+    def tool_parser(self, name: str, tools: list[dict[str, Any]]) -> Any:
+        raise ValueError("the scripted engine has no tool parsers")
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return bytes(t % VOCAB for t in token_ids).decode(errors="replace")
 
     def num_unfinished_requests(self) -> int:

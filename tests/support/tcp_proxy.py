@@ -29,8 +29,11 @@ class ReplyDroppingProxy:
         self._armed.set()
 
     def close(self) -> None:
-        self._server.close()
+        self._loop.run(self._stop())  # asyncio servers are not thread-safe: close on its loop
         self._loop.close()
+
+    async def _stop(self) -> None:
+        self._server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
