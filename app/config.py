@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.auth.settings import AuthSettings
 from app.cache.settings import CacheSettings
 from app.config_errors import ConfigError
+from app.embeddings.settings import EmbeddingSettings
 from app.engine.settings import EngineSettings
 from app.observability.settings import ObservabilitySettings
 from app.resilience.settings import ResilienceSettings
@@ -71,6 +72,7 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
 
     @model_validator(mode="after")
     def _model_path_exists_when_local(self) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Lifecycle:
-    admission: PriorityAdmission
+    admissions: list[PriorityAdmission]  # generation's, and embeddings'
     grace_s: float
     draining: bool = False
 
@@ -20,4 +21,5 @@ class Lifecycle:
         """Stop admitting and wait up to the grace period for in-flight requests."""
         self.draining = True
         log.warning("draining", extra={"grace_s": self.grace_s})
-        return await self.admission.drain(self.grace_s)
+        drained = await asyncio.gather(*(a.drain(self.grace_s) for a in self.admissions))
+        return all(drained)

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from app.api import admin, chat, completions, health, models, observability, simple
+from app.api import admin, chat, completions, embeddings, health, models, observability, simple
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.error_handlers import install_error_handlers
 from app.api.http import install_openapi
@@ -35,6 +35,7 @@ from app.routing.catalog import default_catalog
 from app.routing.health import deployments_component
 from app.routing.pool import DeploymentPool
 from app.routing.registry import ModelRegistry, static_catalog
+from app.schemas.embeddings import EmbeddingRequest
 from app.schemas.openai import ChatCompletionRequest, CompletionRequest, SimpleGenerateRequest
 from app.services.lease import Guards
 from app.services.pipeline import GenerationPipeline
@@ -44,7 +45,9 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 FatalHandler = Callable[[BaseException], None]
-REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest, SimpleGenerateRequest)
+REQUEST_MODELS = (
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SimpleGenerateRequest,
+)  # fmt: skip
 DEFAULT_DEPLOYMENT = "local"
 
 
@@ -94,7 +97,8 @@ def build_state(
     guards, storage_errors = _build_guards(settings, metrics)
     keys = KeyStore.from_settings(settings.auth, settings.resilience.default_priority)
     pool = DeploymentPool(settings, metrics, given)
-    default = lambda: default_catalog(settings.engine.served_name)  # noqa: E731
+    embedding_id = settings.embedding.served_name(settings.engine.model_name)
+    default = lambda: default_catalog(settings.engine.served_name, embedding_id)  # noqa: E731
     path = settings.routing.models_file
     registry = ModelRegistry(
         pool, static_catalog(path, default), path, settings.routing.models_reload_s
@@ -116,7 +120,9 @@ def build_state(
         guards=guards,
         keys=keys,
         pipeline=GenerationPipeline(registry, settings, guards, keys, cache),
-        lifecycle=Lifecycle(guards.admission, settings.resilience.shutdown_grace_s),
+        lifecycle=Lifecycle(
+            [guards.admission, guards.embedding_admission], settings.resilience.shutdown_grace_s
+        ),
         alerts=AlertEvaluator.for_metrics(metrics, settings.observability),
         health=health,
         metrics=metrics,
@@ -135,7 +141,16 @@ def _build_guards(settings: Settings, metrics: GatewayMetrics) -> tuple[Guards, 
     limiter = RateLimiter.from_settings(settings.auth, on_storage_error=on_storage_error)
     storage_errors.backend = type(limiter.storage).__name__
     admission = PriorityAdmission.from_settings(settings.resilience)
-    return Guards(limiter=limiter, admission=admission, metrics=metrics), storage_errors
+    resilience, embedding = settings.resilience, settings.embedding
+    embedding_admission = PriorityAdmission(
+        embedding.embedding_concurrency_limit,
+        embedding.embedding_max_queue_size,
+        resilience.queue_timeout_s,
+        aging_rate=resilience.aging_rate,
+        shedding=resilience.load_shedding,
+    )
+    guards = Guards(limiter, admission, metrics, embedding_admission)
+    return guards, storage_errors
 
 
 def _refresh_gauges(metrics: GatewayMetrics, registry: ModelRegistry, guards: Guards) -> None:
@@ -162,7 +177,7 @@ def _docs_enabled(settings: Settings) -> bool:
 
 def _install_routes(app: FastAPI) -> None:
     install_error_handlers(app)
-    for module in (chat, completions, simple, models, health, admin):
+    for module in (chat, completions, embeddings, simple, models, health, admin):
         app.include_router(module.router)
     app.include_router(observability.router, dependencies=[Depends(require_admin)])
     install_openapi(app, REQUEST_MODELS)

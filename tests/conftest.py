@@ -14,6 +14,7 @@ from openai import OpenAI
 
 from app.auth.settings import AuthSettings
 from app.config import ServerSettings, Settings
+from app.embeddings.settings import EmbeddingSettings
 from app.engine.manager import EngineManager
 from app.engine.settings import EngineSettings
 from app.main import create_app
@@ -29,12 +30,14 @@ ENGINE_START_TIMEOUT_S = 900
 def make_settings(
     auth: dict[str, Any] | None = None,
     resilience: dict[str, Any] | None = None,
+    embedding: dict[str, Any] | None = None,
     **server: Any,
 ) -> Settings:
     """Settings independent of the caller's environment: embedded model, test limits.
 
     Rate limits are high unless a test asks otherwise: with auth off every test shares the
-    anonymous key's buckets.
+    anonymous key's buckets. No embedding model unless ``embedding`` says so (its engine
+    is the ``embedding_engine`` fixture's, given to the app as ``local-embed``).
     """
     auth_values = {"rate_limit_rpm": 1_000_000, "rate_limit_tpm": 10**9}
     auth_values |= {"rate_limit_concurrency": None, **(auth or {})}
@@ -44,6 +47,7 @@ def make_settings(
         auth=AuthSettings(**auth_values),
         resilience=ResilienceSettings(**(resilience or {})),
         observability=ObservabilitySettings(log_json=False),
+        embedding=EmbeddingSettings(**({"embedding_model": "none"} | (embedding or {}))),
     )
 
 
@@ -57,6 +61,20 @@ def loop_thread() -> Iterator[LoopThread]:
 @pytest.fixture(scope="session")
 def engine(loop_thread: LoopThread) -> Iterator[EngineManager]:
     manager = EngineManager(make_settings().engine)
+    loop_thread.run(manager.start(), timeout=ENGINE_START_TIMEOUT_S)
+    yield manager
+    loop_thread.run(manager.stop(), timeout=60)
+
+
+@pytest.fixture(scope="session")
+def embedding_engine(loop_thread: LoopThread) -> Iterator[EngineManager]:
+    """The embedded model's weights behind a pooling engine, as ``python dev.py run`` serves
+    them for ``/v1/embeddings`` (started only by the tests that ask for it)."""
+    settings = make_settings(embedding={"embedding_model": "embedded"})
+    engine_settings = settings.engine.model_copy(
+        update={"served_model_name": settings.embedding.served_name(None), "max_num_seqs": 8}
+    )
+    manager = EngineManager(engine_settings, runner="pooling")
     loop_thread.run(manager.start(), timeout=ENGINE_START_TIMEOUT_S)
     yield manager
     loop_thread.run(manager.stop(), timeout=60)

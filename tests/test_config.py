@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.config import ConfigError, Settings, load_settings
+from app.embeddings.settings import EmbeddingSettings
+from app.routing.catalog import default_catalog
 
 
 def test_seed_env_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,3 +40,29 @@ def test_blank_model_name_means_default(monkeypatch: pytest.MonkeyPatch) -> None
     """An empty MODEL_NAME selects the embedded model."""
     monkeypatch.setenv("MODEL_NAME", "  ")
     assert Settings().engine.model_name is None
+
+
+@pytest.mark.parametrize(
+    ("env", "source", "served"),
+    [
+        ({}, "", "tiny-llama-embed"),  # python dev.py run: the embedded weights embed too
+        ({"MODEL_NAME": "org/real-model"}, None, None),  # a real model brings no embedder
+        ({"MODEL_NAME": "org/real-model", "EMBEDDING_MODEL": "org/e5"}, "org/e5", "org/e5"),
+        ({"EMBEDDING_MODEL": "none"}, None, None),
+        ({"MODEL_NAME": "org/real-model", "EMBEDDING_MODEL": "embedded"}, "", "tiny-llama-embed"),
+        ({"EMBEDDING_MODEL": "org/e5", "EMBEDDING_SERVED_MODEL_NAME": "e5"}, "org/e5", "e5"),
+    ],
+)
+def test_which_embedding_model_is_served(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], source: str | None, served: str | None
+) -> None:
+    for name in ("MODEL_NAME", "EMBEDDING_MODEL", "EMBEDDING_SERVED_MODEL_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = EmbeddingSettings()
+    generation = env.get("MODEL_NAME")
+    assert settings.source(generation) == source
+    assert settings.served_name(generation) == served
+    catalog = default_catalog("gen", settings.served_name(generation))
+    assert [(m.id, m.task) for m in catalog.models][1:] == ([(served, "embed")] if served else [])

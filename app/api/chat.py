@@ -22,4 +22,4 @@ CHAT = ChatEndpoint()
 )
 async def chat_completions(pipeline: PipelineDep) -> Response:
     """OpenAI chat completions, streaming (SSE) or not, with function tools."""
-    return PipelineResponse(pipeline, CHAT)
+    return PipelineResponse(pipeline.runner(CHAT))

@@ -20,4 +20,4 @@ COMPLETIONS = CompletionEndpoint()
 )
 async def completions(pipeline: PipelineDep) -> Response:
     """OpenAI (legacy) text completions, streaming (SSE) or not."""
-    return PipelineResponse(pipeline, COMPLETIONS)
+    return PipelineResponse(pipeline.runner(COMPLETIONS))

@@ -22,5 +22,5 @@ async def list_models(pipeline: PipelineDep, principal: PrincipalDep) -> Respons
 async def retrieve_model(model: str, pipeline: PipelineDep, principal: PrincipalDep) -> Response:
     """One model (or alias) by id; 404 in OpenAI's shape for any other id, or one the key
     cannot use."""
-    route = pipeline.router.resolve(model, principal)
+    route = pipeline.router.resolve(model, principal, task=None)
     return json_response(route.card(model))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -30,8 +30,8 @@ from app.api import sse
 from app.api.errors import error_body
 from app.errors import ClientDisconnectedError, GatewayError, GatewayTimeoutError
 from app.resilience.deadline import DeadlineGuard
-from app.services.endpoint import Chunk, Endpoint, Reply
-from app.services.pipeline import GenerationPipeline, RequestRun
+from app.services.endpoint import Chunk, Reply
+from app.services.pipeline import Inbound, PipelineRun
 
 # The final error event and [DONE] after a failure: the reader is given this long.
 FINAL_WRITE_S = 2.0
@@ -49,16 +49,17 @@ class ClientTooSlowError(GatewayTimeoutError):
 
 
 class PipelineResponse(Response):
-    """Returned by a route handler; runs ``endpoint`` on ``pipeline`` when served."""
+    """Returned by a route handler; when served, opens the request's run on the pipeline
+    (``open_run``: e.g. ``pipeline.runner(endpoint)``) and answers with what it returns."""
 
-    def __init__(self, pipeline: GenerationPipeline, endpoint: Endpoint[Any]) -> None:
+    def __init__(self, open_run: Callable[[Inbound], PipelineRun[Any]]) -> None:
         super().__init__()
-        self.pipeline, self.endpoint = pipeline, endpoint
+        self.open_run = open_run
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         channel = HttpChannel(scope, receive, send)
         try:
-            async with self.pipeline.run(self.endpoint, channel) as run:
+            async with self.open_run(channel) as run:
                 await _serve(run, channel)
         except asyncio.CancelledError:
             if not channel.disconnected:
@@ -70,7 +71,7 @@ class PipelineResponse(Response):
             await channel.close()
 
 
-async def _serve(run: RequestRun[Any], channel: HttpChannel) -> None:
+async def _serve(run: PipelineRun[Any], channel: HttpChannel) -> None:
     try:
         reply = await run.start()
     except GatewayError as exc:
@@ -88,7 +89,7 @@ async def _serve(run: RequestRun[Any], channel: HttpChannel) -> None:
 
 
 async def _stream(
-    run: RequestRun[Any],
+    run: PipelineRun[Any],
     channel: HttpChannel,
     events: AsyncIterator[list[Chunk]],
     headers: dict[str, str],

@@ -19,10 +19,10 @@ BODY = json_body(SimpleGenerateRequest)
 @router.post("/v1/generate", responses=JSON_RESPONSES, openapi_extra=BODY)
 async def generate(pipeline: PipelineDep) -> Response:
     """Generate text for one prompt; JSON ``{"text", "finish_reason", "usage"}``."""
-    return PipelineResponse(pipeline, GENERATE)
+    return PipelineResponse(pipeline.runner(GENERATE))
 
 
 @router.post("/v1/stream", responses=SSE_RESPONSES, openapi_extra=BODY)
 async def stream(pipeline: PipelineDep) -> Response:
     """Stream text for one prompt as SSE ``data: {"text": ...}`` events, then ``[DONE]``."""
-    return PipelineResponse(pipeline, STREAM)
+    return PipelineResponse(pipeline.runner(STREAM))

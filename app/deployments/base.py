@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.engine.protocol import EngineStep, Job
+from app.engine.protocol import EmbeddingJob, EngineStep, Job
 from app.errors import GatewayError
 from app.resilience.breaker import EngineBreaker
 from app.resilience.stats import Ewma
@@ -154,6 +154,11 @@ class Deployment(Protocol):
     def generate(self, job: Job) -> AsyncIterator[EngineStep]:
         """The job's steps; closing the stream aborts it. Raises :class:`UpstreamError` or
         a client's :class:`GatewayError` (before or after the first step)."""
+        ...
+
+    async def embed(self, jobs: list[EmbeddingJob]) -> list[list[float]]:
+        """One vector per job, in order (a model with ``task: embed``); errors as for
+        :meth:`generate`. Cancelling it aborts every job still running."""
         ...
 
     async def start(self) -> None: ...

@@ -3,11 +3,12 @@ deployment. The engine is also its model's tokenizer."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 from app.deployments.base import DeploymentState
-from app.engine.protocol import EngineClient, EngineStep, Job
+from app.engine.protocol import EmbeddingJob, EngineClient, EngineStep, Job
 
 
 class LocalDeployment:
@@ -34,6 +35,23 @@ class LocalDeployment:
 
     def generate(self, job: Job) -> AsyncIterator[EngineStep]:
         return self.engine.generate(job.prompt_ids, job.options, job.request_id, job.priority)
+
+    async def embed(self, jobs: list[EmbeddingJob]) -> list[list[float]]:
+        """Every input at once: the engine batches them (a failure cancels the others)."""
+        engine = self.engine
+        tasks = [
+            asyncio.ensure_future(
+                engine.embed(job.prompt_ids, job.request_id, job.dimensions, job.priority)
+            )
+            for job in jobs
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()  # vLLM aborts what it still runs
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def start(self) -> None:
         if self.owned:

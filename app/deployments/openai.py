@@ -29,8 +29,15 @@ from app.deployments.base import (
     UpstreamTimeoutError,
 )
 from app.deployments.sse import StreamCutError, sse_data
-from app.deployments.wire import chat_step, completion_path, completion_step, request_body
-from app.engine.protocol import ChoiceDelta, EngineStep, Job
+from app.deployments.wire import (
+    chat_step,
+    completion_path,
+    completion_step,
+    embedding_body,
+    embedding_vectors,
+    request_body,
+)
+from app.engine.protocol import ChoiceDelta, EmbeddingJob, EngineStep, Job
 from app.errors import GatewayError
 from app.routing.catalog import OpenAIDeploymentSpec
 
@@ -116,6 +123,26 @@ class OpenAIDeployment:
             raise UpstreamError(f"Deployment {self.state.name} is unreachable: {exc!r}") from exc
         except StreamCutError as exc:
             raise BadUpstreamError(f"Deployment {self.state.name} cut its stream: {exc}") from exc
+
+    async def embed(self, jobs: list[EmbeddingJob]) -> list[list[float]]:
+        """One ``POST /embeddings`` for every input: the gateway's token ids, or with
+        ``send: request`` the texts (when every input is one)."""
+        body = embedding_body(jobs, self.upstream_model, self.spec.send)
+        try:
+            response = await self._client.post("/embeddings", content=orjson.dumps(body))
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError(f"Deployment {self.state.name} timed out: {exc!r}") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"Deployment {self.state.name} is unreachable: {exc!r}") from exc
+        if response.status_code != 200:
+            raise await self._refusal(response)
+        self.last_progress_at = time.monotonic()
+        try:
+            return embedding_vectors(_json(response.content, self.state.name), len(jobs))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise BadUpstreamError(
+                f"Deployment {self.state.name} sent no embedding: {exc!r}"
+            ) from exc
 
     async def _steps(
         self, response: httpx.Response, parse: Callable[[dict[str, Any]], EngineStep]

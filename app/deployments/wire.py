@@ -20,6 +20,7 @@ import orjson
 from app.engine.protocol import (
     ChatPrompt,
     ChoiceDelta,
+    EmbeddingJob,
     EngineStep,
     Job,
     SamplingOptions,
@@ -193,6 +194,29 @@ def _chat_logprobs(raw: Any) -> list[TokenLogprob] | None:
         )
         for item in raw["content"]
     ]
+
+
+def embedding_body(jobs: list[EmbeddingJob], model: str, send: str) -> dict[str, Any]:
+    """All inputs in one ``/embeddings`` request: token ids, or texts for ``send: request``
+    when every input is text (OpenAI's ``input`` is all strings or all token lists)."""
+    texts = [job.prompt.text for job in jobs if isinstance(job.prompt, TextPrompt)]
+    as_text = send == "request" and len(texts) == len(jobs)
+    body: dict[str, Any] = {
+        "model": model,
+        "input": texts if as_text else [job.prompt_ids for job in jobs],
+        "encoding_format": "float",
+    }
+    if jobs[0].dimensions is not None:
+        body["dimensions"] = jobs[0].dimensions
+    return body
+
+
+def embedding_vectors(answer: dict[str, Any], count: int) -> list[list[float]]:
+    """An upstream's vectors in input order (``encoding_format: float``); exactly ``count``."""
+    data = sorted(answer["data"], key=lambda item: int(item["index"]))
+    if [int(item["index"]) for item in data] != list(range(count)):
+        raise ValueError(f"expected {count} embeddings indexed 0..{count - 1}")
+    return [[float(x) for x in item["embedding"]] for item in data]
 
 
 def usage_tokens(chunk: dict[str, Any]) -> int | None:

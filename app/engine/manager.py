@@ -18,11 +18,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vllm import AsyncEngineArgs
 from vllm.config import StructuredOutputsConfig
 from vllm.exceptions import VLLMClientError
+from vllm.pooling_params import PoolingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
@@ -43,11 +44,19 @@ from app.errors import (
 log = logging.getLogger(__name__)
 
 
-class EngineManager:
-    """Builds, serves and shuts down one ``AsyncLLM``."""
+Runner = Literal["generate", "pooling"]
 
-    def __init__(self, settings: EngineSettings) -> None:
+
+class EngineManager:
+    """Builds, serves and shuts down one ``AsyncLLM``: a generation engine, or with
+    ``runner="pooling"`` an embedding one (vLLM converts a causal LM to an embedder)."""
+
+    def __init__(
+        self, settings: EngineSettings, runner: Runner = "generate", gpu_reserved: float = 0.0
+    ) -> None:
         self._settings = settings
+        self.runner = runner
+        self._gpu_reserved = gpu_reserved  # the GPU share of another engine in this process
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
         self._model_info: ModelInfo | None = None
@@ -60,7 +69,7 @@ class EngineManager:
     async def start(self) -> None:
         """Build the engine in a worker thread; raises if the model cannot be loaded, or
         ``ValueError`` if ``TOOL_CALL_PARSER`` names no parser or one that does not fit it."""
-        parser = self._settings.tool_call_parser
+        parser = self._settings.tool_call_parser if self.runner == "generate" else None
         if parser is not None:
             await asyncio.to_thread(tool_parser_class, parser)  # a typo fails before the load
         source = await asyncio.to_thread(self._resolve_model_source)
@@ -68,13 +77,7 @@ class EngineManager:
         engine = await asyncio.to_thread(self._build, source)
         self._engine = engine
         self._tokenizer = engine.get_tokenizer()
-        self._model_info = ModelInfo(
-            served_name=self._served_name(source),
-            source=source,
-            max_model_len=engine.model_config.max_model_len,
-            created=int(time.time()),
-            vocab_size=engine.model_config.get_vocab_size(),
-        )
+        self._model_info = _model_info(engine.model_config, self._served_name(source), source)
         if parser is not None:
             await self._check_tool_parser(parser)
         log.info(
@@ -137,7 +140,10 @@ class EngineManager:
 
     def _engine_args(self, source: str) -> AsyncEngineArgs:
         settings, device = self._settings, detect_device()
-        utilization = settings.gpu_memory_utilization or default_gpu_memory_utilization(device)
+        utilization = settings.gpu_memory_utilization or (
+            default_gpu_memory_utilization(device)
+            - (self._gpu_reserved if device.kind == "cuda" else 0.0)
+        )
         eager = (
             settings.enforce_eager if settings.enforce_eager is not None else device.kind == "cpu"
         )
@@ -161,7 +167,18 @@ class EngineManager:
             structured_outputs_config=StructuredOutputsConfig(
                 backend="xgrammar", disable_any_whitespace=True
             ),
+            runner=self.runner,
+            hf_overrides=self._hf_overrides(source),
         )
+
+    def _hf_overrides(self, source: str) -> dict[str, Any]:
+        """The embedded model is a test model: served as an embedder it declares Matryoshka
+        vectors, so ``dimensions`` runs end to end (a prefix, re-normalised, as vLLM does for
+        any Matryoshka model). Real models declare what they support in their config."""
+        from app.engine.default_model import DEFAULT_MODEL_DIR
+
+        embedded = Path(source).resolve() == Path(DEFAULT_MODEL_DIR).resolve()
+        return {"is_matryoshka": True} if self.runner == "pooling" and embedded else {}
 
     # -- state -----------------------------------------------------------------------------
 
@@ -259,6 +276,38 @@ class EngineManager:
             if stream is not None:
                 await stream.aclose()
 
+    async def embed(
+        self,
+        prompt_token_ids: list[int],
+        request_id: str,
+        dimensions: int | None = None,
+        priority: int = 0,
+    ) -> list[float]:
+        """One prompt's embedding (a pooling engine); cancelling aborts it in the engine."""
+        engine = self._require_engine()
+        final = None
+        try:
+            params = PoolingParams(task="embed", dimensions=dimensions)
+            outputs = engine.encode(
+                {"prompt_token_ids": prompt_token_ids}, params, request_id, priority=priority
+            )
+            async for output in outputs:
+                final = output  # a pooling request answers once, when it finishes
+        except EngineDeadError as exc:
+            raise EngineUnavailableError("The engine has stopped.", retry_after=5) from exc
+        except (VLLMClientError, ValueError, OverflowError) as exc:
+            await self._forget(request_id)
+            param = "dimensions" if "dimensions" in str(exc) else None
+            raise InvalidRequestError(str(exc), param=param) from exc
+        except GatewayError:
+            raise
+        except Exception as exc:
+            await self._forget(request_id)
+            raise GatewayError(f"The engine failed: {type(exc).__name__}") from exc
+        if final is None:
+            raise GatewayError("The engine returned no embedding.")
+        return [float(x) for x in final.outputs.data.tolist()]
+
     async def _forget(self, request_id: str) -> None:
         """Abort a request that failed while being added: vLLM may still count it."""
         if self._engine is not None and not self._engine.errored:
@@ -279,6 +328,20 @@ class EngineManager:
         if self._tokenizer is None:
             raise EngineUnavailableError("The model is still loading.", retry_after=5)
         return self._tokenizer
+
+
+def _model_info(config: Any, served_name: str, source: str) -> ModelInfo:
+    dimensions = config.matryoshka_dimensions if config.runner_type == "pooling" else None
+    return ModelInfo(
+        served_name=served_name,
+        source=source,
+        max_model_len=config.max_model_len,
+        created=int(time.time()),
+        vocab_size=config.get_vocab_size(),
+        embedding_size=config.embedding_size if config.runner_type == "pooling" else 0,
+        matryoshka=config.is_matryoshka,
+        matryoshka_dimensions=tuple(dimensions) if dimensions else None,
+    )
 
 
 class _ProgressLogger(StatLoggerBase):

@@ -111,6 +111,17 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddingJob:
+    """One input of an embeddings request: its tokens, and the vector length asked for."""
+
+    request_id: str
+    prompt: TextPrompt | TokenPrompt
+    prompt_ids: list[int]
+    dimensions: int | None
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     """What clients and validators need to know about the served model."""
 
@@ -120,6 +131,11 @@ class ModelInfo:
     created: int
     # Width of the logits: token ids (logit_bias keys) run from 0 to vocab_size - 1.
     vocab_size: int = 0
+    # A pooling engine's vectors: their length, and whether a prefix of one (``dimensions``)
+    # is itself an embedding (Matryoshka), and of which lengths (None: any).
+    embedding_size: int = 0
+    matryoshka: bool = False
+    matryoshka_dimensions: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +193,16 @@ class EngineClient(Protocol):
         request_id: str,
         priority: int = 0,
     ) -> AsyncIterator[EngineStep]: ...
+
+    async def embed(
+        self,
+        prompt_token_ids: list[int],
+        request_id: str,
+        dimensions: int | None = None,
+        priority: int = 0,
+    ) -> list[float]:
+        """One prompt's embedding, from a pooling engine (``runner="pooling"``)."""
+        ...
 
     async def abort(self, request_id: str) -> None: ...
 

@@ -210,3 +210,19 @@ class EngineSupervisor:
             prompt_token_ids, options, request_id, priority
         )
         return stream
+
+    async def embed(
+        self,
+        prompt_token_ids: list[int],
+        request_id: str,
+        dimensions: int | None = None,
+        priority: int = 0,
+    ) -> list[float]:
+        if not self.is_ready:
+            raise EngineUnavailableError(
+                "The engine is restarting.", retry_after=RESTART_RETRY_AFTER_S
+            )
+        vector: list[float] = await self._engine.embed(
+            prompt_token_ids, request_id, dimensions, priority
+        )
+        return vector

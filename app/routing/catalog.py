@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.config_errors import ConfigError
 
+EMBED_DEPLOYMENT = "local-embed"  # the default catalogue's embedding engine
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"  # ids end up in headers, labels and logs
 
 
@@ -118,6 +119,10 @@ class ModelSpec(_Spec):
         default=None,
         description="vLLM's parser of this model's tool calls (default: TOOL_CALL_PARSER).",
     )
+    task: Literal["generate", "embed"] = Field(
+        default="generate",
+        description="generate: chat and completions; embed: /v1/embeddings (a pooling engine).",
+    )
 
     @property
     def has_local(self) -> bool:
@@ -165,7 +170,18 @@ class Catalog(_Spec):
             _known(model.fallbacks, ids, f"{model.id}.fallbacks")
         _known(list(self.context_overflow), set(names), "context_overflow")
         _known(list(self.context_overflow.values()), ids, "context_overflow")
+        self._same_task([(m.id, f) for m in self.models for f in m.fallbacks], "fallbacks")
+        self._same_task(list(self.context_overflow.items()), "context_overflow")
         return self
+
+    def _same_task(self, pairs: list[tuple[str, str]], where: str) -> None:
+        """A request for one task must never be answered by a model of the other."""
+        for name, target in pairs:
+            source, other = self.model(name), self.model(target)
+            if source is not None and other is not None and source.task != other.task:
+                raise ValueError(
+                    f"{where}: {name!r} ({source.task}) cannot go to {target!r} ({other.task})"
+                )
 
     def model(self, name: str) -> ModelSpec | None:
         """The model named ``name`` (its id or an alias)."""
@@ -214,9 +230,14 @@ def load_catalog(path: Path) -> Catalog:
     return parse_catalog(data, f"MODELS_FILE={str(path)!r}")
 
 
-def default_catalog(model_id: str) -> Catalog:
-    """Today's gateway as a catalogue: one model, one local deployment named ``local``."""
-    return Catalog(models=[ModelSpec(id=model_id, deployments=[LocalDeploymentSpec(name="local")])])
+def default_catalog(model_id: str, embedding_id: str | None = None) -> Catalog:
+    """The gateway without ``MODELS_FILE``: the engine settings' model on a local deployment
+    named ``local``, and the embedding model (``EMBEDDING_*``) on ``local-embed``."""
+    models = [ModelSpec(id=model_id, deployments=[LocalDeploymentSpec(name="local")])]
+    if embedding_id is not None:
+        embed = LocalDeploymentSpec(name=EMBED_DEPLOYMENT)
+        models.append(ModelSpec(id=embedding_id, deployments=[embed], task="embed"))
+    return Catalog(models=models)
 
 
 def _describe(err: Any) -> str:

@@ -60,11 +60,13 @@ class DeploymentPool:
         self._live: dict[str, tuple[str, DeploymentSpec, Deployment]] = {}
         self._tokenizers: dict[str, Tokenizer] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._local_embedders = False  # the catalogue being built runs an embedding engine
 
     def build(self, catalog: Catalog) -> tuple[Router, list[Deployment], list[Deployment]]:
         """The router for ``catalog``, the deployments it adds and those it retires."""
         live: dict[str, tuple[str, DeploymentSpec, Deployment]] = {}
         added: list[Deployment] = []
+        self._local_embedders = any(m.task == "embed" and m.has_local for m in catalog.models)
         routes = {}
         for model in catalog.models:
             deployments = []
@@ -125,7 +127,7 @@ class DeploymentPool:
     def _deployment(self, model: ModelSpec, spec: DeploymentSpec) -> Deployment:
         state = DeploymentState(
             spec.name, model.id, spec.kind, self._breaker(spec.name), spec.max_concurrency,
-            weights=self._weights(spec),
+            weights=self._weights(model, spec),
         )  # fmt: skip
         if isinstance(spec, OpenAIDeploymentSpec):
             return OpenAIDeployment(state, spec)
@@ -134,12 +136,30 @@ class DeploymentPool:
             return LocalDeployment(state, given, owned=False)
         return LocalDeployment(state, self._engine(model, spec), owned=True)
 
-    def _weights(self, spec: DeploymentSpec) -> str:
+    def _weights(self, model: ModelSpec, spec: DeploymentSpec) -> str:
         """A deployment's weights identity (see DeploymentState.weights)."""
         if isinstance(spec, OpenAIDeploymentSpec):
             return f"openai:{spec.base_url}:{spec.model or ''}"
-        source = spec.model or self.settings.engine.model_name or str(DEFAULT_MODEL_DIR)
+        source = self._model_source(model, spec) or str(DEFAULT_MODEL_DIR)
         return f"local:{source}:{_revision(source)}"
+
+    def _model_source(self, model: ModelSpec, spec: LocalDeploymentSpec) -> str | None:
+        """What a local deployment loads (None: the embedded model): its ``model``, else
+        ``MODEL_NAME`` for a generation model, ``EMBEDDING_MODEL`` for an embedding one."""
+        if spec.model:
+            return spec.model
+        if model.task == "embed":
+            return self.settings.embedding.source(self.settings.engine.model_name) or None
+        return self.settings.engine.model_name
+
+    def _embedding_defaults(self) -> dict[str, Any]:
+        embedding = self.settings.embedding
+        defaults = {
+            "max_num_seqs": embedding.embedding_max_num_seqs,
+            "gpu_memory_utilization": embedding.embedding_gpu_memory_utilization,
+            "max_model_len": embedding.embedding_max_model_len,
+        }
+        return {name: value for name, value in defaults.items() if value is not None}
 
     def _breaker(self, name: str) -> EngineBreaker:
         metrics = self.metrics
@@ -154,13 +174,14 @@ class DeploymentPool:
     def _engine(self, model: ModelSpec, spec: LocalDeploymentSpec) -> EngineClient:
         """A supervised engine; wrapped in the fault-injection seam only when configured."""
         from app.engine.faults import FaultInjectingEngine
-        from app.engine.manager import EngineManager
+        from app.engine.manager import EngineManager, Runner
         from app.engine.supervisor import EngineSupervisor
 
         overrides: dict[str, Any] = {
             "served_model_name": model.id,
-            "model_name": spec.model or self.settings.engine.model_name,
+            "model_name": self._model_source(model, spec),
             "tool_call_parser": model.tool_call_parser or self.settings.engine.tool_call_parser,
+            **(self._embedding_defaults() if model.task == "embed" else {}),
             **{
                 field: value
                 for field, value in spec.model_dump(
@@ -175,9 +196,13 @@ class DeploymentPool:
         }  # fmt: skip
         engine_settings = self.settings.engine.model_copy(update=overrides)
         plan = engine_settings.fault_injection
+        runner: Runner = "pooling" if model.task == "embed" else "generate"
+        # A local embedding engine beside a generation engine takes its share of the GPU.
+        shared = self.settings.embedding.embedding_gpu_memory_utilization
+        reserved = shared if runner == "generate" and self._local_embedders else 0.0
 
         def factory() -> Any:
-            manager = EngineManager(engine_settings)
+            manager = EngineManager(engine_settings, runner, gpu_reserved=reserved)
             return FaultInjectingEngine(manager, plan) if plan is not None else manager
 
         return EngineSupervisor(

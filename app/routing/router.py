@@ -12,14 +12,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from app.auth.keys import Principal
 from app.deployments.base import Deployment
 from app.engine.tool_protocol import ToolCallParser
-from app.errors import ModelNotFoundError
+from app.errors import InvalidRequestError, ModelNotFoundError
 from app.routing.catalog import Catalog, ModelSpec
 from app.routing.strategies import Strategy
+
+Task = Literal["generate", "embed"]
+_WRONG_TASK = {
+    "generate": "The model `{name}` is an embedding model: use /v1/embeddings.",
+    "embed": "The model `{name}` does not make embeddings: name an embedding model.",
+}
 
 
 class Tokenizer(Protocol):
@@ -129,16 +135,28 @@ class Router:
     def default(self) -> ModelRoute:
         return self.routes[self.catalog.models[0].id]
 
-    def resolve(self, name: str | None, principal: Principal) -> ModelRoute:
-        """The model ``name`` means (``None``: the first one); 404 for an unknown name or
-        one the key may not use — as OpenAI does, a model a key cannot see does not exist."""
-        route = self.default if name is None else self._names.get(name)
+    def resolve(
+        self, name: str | None, principal: Principal, task: Task | None = "generate"
+    ) -> ModelRoute:
+        """The model ``name`` means (``None``: the first one of ``task``); 404 for an unknown
+        name or one the key may not use — as OpenAI does, a model a key cannot see does not
+        exist — and 400 for a model of the other task (``task=None``: any model)."""
+        route = self._first(task or "generate") if name is None else self._names.get(name)
+        if route is None and name is None:
+            raise ModelNotFoundError(
+                "No model of this gateway serves this endpoint.", param="model"
+            )
         if route is None or not (principal.can_use(route.id) or principal.can_use(name or "")):
             raise ModelNotFoundError(
                 f"The model `{name}` does not exist or you do not have access to it.",
                 param="model",
             )
+        if task is not None and route.spec.task != task:
+            raise InvalidRequestError(_WRONG_TASK[task].format(name=name), param="model")
         return route
+
+    def _first(self, task: Task) -> ModelRoute | None:
+        return next((r for r in self.routes.values() if r.spec.task == task), None)
 
     def overflow(self, route: ModelRoute) -> ModelRoute | None:
         target = self.catalog.context_overflow.get(route.id)

@@ -62,7 +62,7 @@ class Dispatch(Generic[R]):
         last: BaseException | None = None
         for route, deployment in attempts:
             jobs = self._jobs(route, plan)
-            permit = _admit(deployment)
+            permit = breaker_permit(deployment)
             if jobs is None or permit is None:
                 continue
             self.lease.use(deployment, permit)
@@ -79,7 +79,7 @@ class Dispatch(Generic[R]):
                 )
                 await self.lease.leave(exc)
                 last = exc
-        raise last or _none_available(plan.route, attempts)
+        raise last or none_available(plan.route, attempts)
 
     def _jobs(self, route: ModelRoute, plan: Any) -> list[Job] | None:
         if route is plan.route:
@@ -207,14 +207,14 @@ class _Results:
             choices[delta.index].add(delta)
 
 
-def _admit(deployment: Deployment) -> Any:
+def breaker_permit(deployment: Deployment) -> Any:
     try:
         return deployment.state.breaker.admit()
     except EngineUnavailableError:
         return None  # open, or its half-open trial is taken: not this one
 
 
-def _none_available(route: ModelRoute, attempts: list[Any]) -> EngineUnavailableError:
+def none_available(route: ModelRoute, attempts: list[Any]) -> EngineUnavailableError:
     waits = [d.state.breaker.retry_after() for d in route.deployments]
     retry = min((w for w in waits if w > 0), default=NO_DEPLOYMENT_RETRY_S)
     return EngineUnavailableError(

@@ -58,6 +58,7 @@ class Guards:
     limiter: RateLimiter
     admission: PriorityAdmission
     metrics: GatewayMetrics
+    embedding_admission: PriorityAdmission  # its own concurrency limit (EMBEDDING_*)
 
     def note_refusal(self, principal: Principal, exc: BaseException) -> None:
         """Count why a request was refused before it reached the engine."""

@@ -92,6 +92,10 @@ class GenerationPipeline:
     def run(self, endpoint: Endpoint[R], inbound: Inbound) -> RequestRun[R]:
         return RequestRun(self, endpoint, inbound)
 
+    def runner(self, endpoint: Endpoint[Any]) -> Callable[[Inbound], PipelineRun[Any]]:
+        """What a generation route's response starts for each request."""
+        return lambda inbound: RequestRun(self, endpoint, inbound)
+
 
 @dataclass(slots=True)
 class Plan(Generic[R]):
@@ -109,11 +113,25 @@ class Plan(Generic[R]):
     answered_by: ModelRoute | None = None  # the model that answered (a fallback, maybe)
 
 
-class RequestRun(Generic[R]):
-    """One request through the pipeline; ``async with`` it, then :meth:`start`."""
+class RunRequest(Protocol):
+    """What every run reads of its request model (generation's and embeddings')."""
 
-    def __init__(self, pipeline: GenerationPipeline, endpoint: Endpoint[R], inbound: Inbound):
-        self.pipeline, self.endpoint, self.inbound = pipeline, endpoint, inbound
+    model: Any
+    priority: int | None
+    timeout: float | None
+
+
+Q = TypeVar("Q", bound=RunRequest)
+
+
+class PipelineRun(Generic[Q]):
+    """The steps every route shares (the key, the body, the lease); ``async with`` a run,
+    then :meth:`start`, which each kind of run orders as the module docstring says."""
+
+    request_model: type[Q]
+
+    def __init__(self, pipeline: GenerationPipeline, inbound: Inbound):
+        self.pipeline, self.inbound = pipeline, inbound
         self.router = pipeline.router  # one catalogue for the whole request, reloads or not
         self.server = pipeline.settings.server
         resilience = pipeline.settings.resilience
@@ -125,7 +143,7 @@ class RequestRun(Generic[R]):
         self.outcome: BaseException | None = None
         self.log = PromptLog()
 
-    async def __aenter__(self) -> RequestRun[R]:
+    async def __aenter__(self) -> PipelineRun[Q]:
         return self
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
@@ -137,17 +155,61 @@ class RequestRun(Generic[R]):
         """The request ends with ``error``, already answered (a status or an SSE event)."""
         self.outcome = self.outcome or error
 
+    async def start(self) -> Reply:
+        """Everything up to the first byte; raises a :class:`GatewayError` to answer with."""
+        raise NotImplementedError
+
+    async def _admit_key(self) -> tuple[Principal, int | None]:
+        principal = self.pipeline.keys.authenticate(self.inbound.header("authorization"))
+        note_request(key_name=principal.name)
+        header_priority = _priority_header(self.inbound.header("x-priority"))
+        limiter = self.pipeline.guards.limiter
+        self.lease.charge = await self._refusing(principal, limiter.admit(principal))
+        return principal, header_priority
+
+    async def _read_request(self) -> tuple[Q, bool]:
+        """The validated request, and whether it was large enough to work on off the loop."""
+        raw = await self.lease.guard.wait(self.inbound.body())
+        offload = len(raw) >= OFFLOAD_BODY_BYTES
+        content_type = self.inbound.header("content-type")
+        req = await maybe_in_thread(offload, self._parse, raw, content_type)
+        self.lease.deadline.narrow(req.timeout)
+        self.lease.guard.close()  # re-armed at the next wait, on the narrowed deadline
+        return req, offload
+
+    def _parse(self, raw: bytes, content_type: str | None) -> Q:
+        data = parse_json_object(raw, content_type)
+        self._precheck(data)
+        return cast(Q, validate(cast(Any, self.request_model), data))
+
+    def _precheck(self, data: dict[str, Any]) -> None:
+        """Cheap bounds on the parsed JSON, before it is validated (a 400 if out)."""
+
+    async def _refusing(self, principal: Principal, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except GatewayError as exc:
+            self.pipeline.guards.note_refusal(principal, exc)
+            raise
+
+
+class RequestRun(PipelineRun[R]):
+    """One generation request (chat, completions, the simple routes)."""
+
+    def __init__(self, pipeline: GenerationPipeline, endpoint: Endpoint[R], inbound: Inbound):
+        super().__init__(pipeline, inbound)
+        self.endpoint = endpoint
+        self.request_model = endpoint.request_model
+
+    def _precheck(self, data: dict[str, Any]) -> None:
+        self.endpoint.precheck(data, self.server)
+
     # -- the order --------------------------------------------------------------------------
 
     async def start(self) -> Reply:
         """Everything up to the first byte; raises a :class:`GatewayError` to answer with."""
         principal, header_priority = await self._admit_key()
-        raw = await self.lease.guard.wait(self.inbound.body())
-        offload = len(raw) >= OFFLOAD_BODY_BYTES
-        content_type = self.inbound.header("content-type")
-        req = await _maybe_in_thread(offload, self._parse, raw, content_type)
-        self.lease.deadline.narrow(req.timeout)
-        self.lease.guard.close()  # re-armed at the next wait, on the narrowed deadline
+        req, offload = await self._read_request()
         plan = await self._plan(req, principal, header_priority, offload)
         cache = CacheStep(
             self.pipeline.cache, plan, principal, self.inbound.header("cache-control")
@@ -176,19 +238,6 @@ class RequestRun(Generic[R]):
         note_request(model=plan.route.id, deployment="cache")
         return replay(self.endpoint, plan, hit, {**lease.charge.headers(), **cache.headers(hit)})
 
-    async def _admit_key(self) -> tuple[Principal, int | None]:
-        principal = self.pipeline.keys.authenticate(self.inbound.header("authorization"))
-        note_request(key_name=principal.name)
-        header_priority = _priority_header(self.inbound.header("x-priority"))
-        limiter = self.pipeline.guards.limiter
-        self.lease.charge = await self._refusing(principal, limiter.admit(principal))
-        return principal, header_priority
-
-    def _parse(self, raw: bytes, content_type: str | None) -> R:
-        data = parse_json_object(raw, content_type)
-        self.endpoint.precheck(data, self.server)
-        return cast(R, validate(cast(Any, self.endpoint.request_model), data))
-
     async def _plan(
         self, req: R, principal: Principal, header_priority: int | None, offload: bool
     ) -> Plan[R]:
@@ -200,11 +249,11 @@ class RequestRun(Generic[R]):
             f"{self.endpoint.id_prefix}-{uuid.uuid4().hex}", int(time.time()), route.id
         )
         prompts = self.endpoint.prompts(req, self.server, route)
-        priority = _priority(principal, req.priority, header_priority)
+        priority = request_priority(principal, req.priority, header_priority)
         plan = Plan(
             req, route, head, prompts, [], priority, streaming, None, self.endpoint.id_prefix
         )
-        plan.route, plan.jobs = await _maybe_in_thread(offload, self._fit, plan)
+        plan.route, plan.jobs = await maybe_in_thread(offload, self._fit, plan)
         if plan.route is not route:  # the overflow model answers, in name too
             plan.head = ResponseHead(head.id, head.created, plan.route.id)
         jobs = plan.jobs
@@ -283,13 +332,6 @@ class RequestRun(Generic[R]):
         if lease.recorder is not None:
             lease.recorder.admitted(lease.slot.waited_s, plan.priority)
 
-    async def _refusing(self, principal: Principal, awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except GatewayError as exc:
-            self.pipeline.guards.note_refusal(principal, exc)
-            raise
-
 
 def _encode(route: ModelRoute, prompt: Prompt) -> list[int]:
     tokenizer = route.tokenizer
@@ -300,7 +342,7 @@ def _encode(route: ModelRoute, prompt: Prompt) -> list[int]:
     return prompt.ids
 
 
-async def _maybe_in_thread(offload: bool, func: Callable[..., T], *args: Any) -> T:
+async def maybe_in_thread(offload: bool, func: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(func, *args) if offload else func(*args)
 
 
@@ -318,10 +360,13 @@ def _priority_header(value: str | None) -> int | None:
     return priority
 
 
-def _priority(principal: Principal, body: int | None, header: int | None) -> int:
+def request_priority(principal: Principal, body: int | None, header: int | None) -> int:
     """The key's priority, lowered (never raised) by the body's ``priority`` or X-Priority."""
     asked = [p for p in (body, header) if p is not None]
     return min(max([principal.priority, *asked]), LOWEST_PRIORITY)
 
 
-__all__ = ["Deployment", "GenerationPipeline", "Inbound", "Plan", "RequestRun"]
+__all__ = [
+    "Deployment", "GenerationPipeline", "Inbound", "PipelineRun", "Plan", "RequestRun",
+    "maybe_in_thread", "request_priority",
+]  # fmt: skip

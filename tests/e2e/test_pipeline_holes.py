@@ -19,6 +19,7 @@ import pytest
 
 from app.auth.settings import AuthSettings
 from app.config import ServerSettings, Settings
+from app.embeddings.settings import EmbeddingSettings
 from app.engine.faults import FaultInjectingEngine, FaultPlan
 from app.engine.manager import EngineManager
 from app.engine.settings import EngineSettings
@@ -232,6 +233,7 @@ def test_without_keys_no_rate_limit_applies_unless_configured(
         engine=EngineSettings(max_model_len=1024),
         auth=AuthSettings(),
         observability=ObservabilitySettings(log_json=False),
+        embedding=EmbeddingSettings(embedding_model="none"),
     )
     body = {"model": model_id, "prompt": "Hi", "max_tokens": 1}
     with serving(loop_thread, engine, settings) as srv, httpx.Client(base_url=srv.url) as http:

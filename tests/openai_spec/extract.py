@@ -21,6 +21,8 @@ ROOTS = [
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    "CreateEmbeddingRequest",
+    "CreateEmbeddingResponse",
     # Request parts the tool tests send, checked to be OpenAI's shapes.
     "ChatCompletionTool",
     "ChatCompletionToolChoiceOption",

@@ -25,6 +25,7 @@ BASE_ENV = {
     "RATE_LIMIT_RPM": "1000000",
     "RATE_LIMIT_TPM": "1000000000",
     "SHUTDOWN_GRACE_S": "5",
+    "EMBEDDING_MODEL": "none",  # a test that embeds asks for the model (a second engine)
 }
 
 

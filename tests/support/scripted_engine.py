@@ -29,6 +29,7 @@ from app.engine.protocol import (
 from app.errors import EngineUnavailableError, InvalidRequestError
 
 VOCAB = 256  # byte ids; anything above is out of vocabulary
+EMBEDDING_SIZE = 8
 
 
 @dataclass
@@ -54,7 +55,9 @@ class ScriptedEngine:
 
     @property
     def model_info(self) -> ModelInfo:
-        return ModelInfo(self.served_name, "scripted", self.max_model_len, 0, VOCAB)
+        return ModelInfo(
+            self.served_name, "scripted", self.max_model_len, 0, VOCAB, EMBEDDING_SIZE, True
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -120,6 +123,35 @@ class ScriptedEngine:
                 if self.heartbeat:
                     self.last_progress_at = time.monotonic()
                 yield self._step(position, max_tokens, options, contexts)
+        finally:
+            self.open_requests.discard(request_id)
+            self.calls.append(("closed", request_id))
+
+    async def embed(
+        self,
+        prompt_token_ids: list[int],
+        request_id: str,
+        dimensions: int | None = None,
+        priority: int = 0,
+    ) -> list[float]:
+        """A deterministic unit vector of ``EMBEDDING_SIZE`` (or ``dimensions``) from the ids;
+        it waits ``first_step_delay_s`` as a prompt would, and dies as ``die_after`` says."""
+        self.calls.append(("embed", (request_id, priority, dimensions)))
+        if dimensions is not None and not 1 <= dimensions <= EMBEDDING_SIZE:
+            raise InvalidRequestError(
+                f"dimensions must be 1..{EMBEDDING_SIZE}.", param="dimensions"
+            )
+        self.open_requests.add(request_id)
+        try:
+            await asyncio.sleep(self.first_step_delay_s)
+            if self.die_after is not None:
+                raise EngineUnavailableError("The scripted engine died.", retry_after=1)
+            if self.heartbeat:
+                self.last_progress_at = time.monotonic()
+            raw = [float(sum(prompt_token_ids) % (i + 7) + 1) for i in range(EMBEDDING_SIZE)]
+            vector = raw[: dimensions or EMBEDDING_SIZE]
+            norm = sum(x * x for x in vector) ** 0.5
+            return [x / norm for x in vector]
         finally:
             self.open_requests.discard(request_id)
             self.calls.append(("closed", request_id))

@@ -1,0 +1,1 @@
+"""``/v1/embeddings``: settings, request bounds and the wire format of vectors."""
