@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic
+from typing import Any, Generic, TypeVar
 
 from app.deployments.base import Deployment, UpstreamError
 from app.engine.protocol import EngineStep, Job
@@ -29,6 +29,8 @@ from app.services.streams import OpenStream, merge_streams
 
 log = logging.getLogger(__name__)
 NO_DEPLOYMENT_RETRY_S = 5.0
+P = TypeVar("P")
+T = TypeVar("T")
 
 
 def retryable(error: BaseException) -> bool:
@@ -58,28 +60,14 @@ class Dispatch(Generic[R]):
 
     async def run(self, plan: Any) -> Reply:
         attempts = self.router.plan(plan.route, plan.key)
-        attempts = attempts[: self.router.catalog.routing.max_attempts]
-        last: BaseException | None = None
-        for route, deployment in attempts:
-            jobs = self._jobs(route, plan)
-            permit = breaker_permit(deployment)
-            if jobs is None or permit is None:
-                continue
-            self.lease.use(deployment, permit)
+
+        async def answer(route: ModelRoute, deployment: Deployment, jobs: list[Job]) -> Reply:
             plan.answered_by = route
-            note_request(model=route.id, deployment=deployment.state.name)
-            try:
-                return await self._answer(plan, route, deployment, jobs)
-            except GatewayError as exc:
-                if not retryable(exc) or self.lease.deadline.expired:
-                    raise
-                log.warning(
-                    "deployment failed before the answer; trying the next",
-                    extra={"deployment": deployment.state.name, "error": exc.message},
-                )
-                await self.lease.leave(exc)
-                last = exc
-        raise last or none_available(plan.route, attempts)
+            return await self._answer(plan, route, deployment, jobs)
+
+        return await first_answer(
+            self.lease, self.router, plan.route, attempts, lambda r: self._jobs(r, plan), answer
+        )
 
     def _jobs(self, route: ModelRoute, plan: Any) -> list[Job] | None:
         if route is plan.route:
@@ -207,14 +195,49 @@ class _Results:
             choices[delta.index].add(delta)
 
 
-def breaker_permit(deployment: Deployment) -> Any:
+async def first_answer(
+    lease: RequestLease,
+    router: Router,
+    route: ModelRoute,
+    attempts: list[tuple[ModelRoute, Deployment]],
+    prepare: Callable[[ModelRoute], P | None],
+    answer: Callable[[ModelRoute, Deployment, P], Awaitable[T]],
+) -> T:
+    """The answer of the first of ``attempts`` (at most ``routing.max_attempts``) that gives
+    one. ``prepare`` makes a candidate model's work (None: it cannot take this request);
+    a deployment whose breaker refuses is passed over; a retryable failure within the
+    deadline settles that deployment (its breaker hears it) and the next is tried."""
+    last: BaseException | None = None
+    attempts = attempts[: router.catalog.routing.max_attempts]
+    for candidate, deployment in attempts:
+        work = prepare(candidate)
+        permit = _breaker_permit(deployment) if work is not None else None
+        if work is None or permit is None:
+            continue
+        lease.use(deployment, permit)
+        note_request(model=candidate.id, deployment=deployment.state.name)
+        try:
+            return await answer(candidate, deployment, work)
+        except GatewayError as exc:
+            if not retryable(exc) or lease.deadline.expired:
+                raise
+            log.warning(
+                "deployment failed before the answer; trying the next",
+                extra={"deployment": deployment.state.name, "error": exc.message},
+            )
+            await lease.leave(exc)
+            last = exc
+    raise last or _none_available(route, attempts)
+
+
+def _breaker_permit(deployment: Deployment) -> Any:
     try:
         return deployment.state.breaker.admit()
     except EngineUnavailableError:
         return None  # open, or its half-open trial is taken: not this one
 
 
-def none_available(route: ModelRoute, attempts: list[Any]) -> EngineUnavailableError:
+def _none_available(route: ModelRoute, attempts: list[Any]) -> EngineUnavailableError:
     waits = [d.state.breaker.retry_after() for d in route.deployments]
     retry = min((w for w in waits if w > 0), default=NO_DEPLOYMENT_RETRY_S)
     return EngineUnavailableError(

@@ -13,22 +13,19 @@ still in the engine.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from app.auth.keys import Principal
 from app.deployments.base import Deployment
 from app.embeddings.encoding import embedding_response
 from app.engine.protocol import EmbeddingJob, TextPrompt, TokenPrompt
-from app.errors import ContextLengthExceededError, GatewayError, InvalidRequestError
+from app.errors import ContextLengthExceededError, InvalidRequestError
 from app.observability.context import note_request
 from app.routing.router import ModelRoute
 from app.schemas.embeddings import EmbeddingRequest, count_inputs
-from app.services.dispatch import breaker_permit, none_available, retryable
+from app.services.dispatch import first_answer
 from app.services.endpoint import Reply
 from app.services.pipeline import PipelineRun, maybe_in_thread, request_priority
-
-log = logging.getLogger(__name__)
 
 
 class EmbeddingRun(PipelineRun[EmbeddingRequest]):
@@ -99,27 +96,22 @@ class EmbeddingRun(PipelineRun[EmbeddingRequest]):
         self, route: ModelRoute, req: EmbeddingRequest, jobs: list[EmbeddingJob]
     ) -> tuple[ModelRoute, list[list[float]]]:
         """The first deployment (of the model, then of its fallbacks) that answers."""
-        attempts = self.router.plan(route, None)[: self.router.catalog.routing.max_attempts]
-        last: BaseException | None = None
-        for candidate, deployment in attempts:
-            permit = breaker_permit(deployment)
-            if permit is None:
-                continue
-            own = jobs if candidate is route else self._jobs(candidate, req, jobs[0].priority)
-            self.lease.use(deployment, permit)
-            note_request(model=candidate.id, deployment=deployment.state.name)
-            try:
-                return candidate, await self._embed(deployment, own)
-            except GatewayError as exc:
-                if not retryable(exc) or self.lease.deadline.expired:
-                    raise
-                log.warning(
-                    "deployment failed before the answer; trying the next",
-                    extra={"deployment": deployment.state.name, "error": exc.message},
-                )
-                await self.lease.leave(exc)
-                last = exc
-        raise last or none_available(route, attempts)
+
+        def prepare(candidate: ModelRoute) -> list[EmbeddingJob] | None:
+            if candidate is route:
+                return jobs
+            try:  # a fallback model: its own tokenizer and context length
+                return self._jobs(candidate, req, jobs[0].priority)
+            except ContextLengthExceededError:
+                return None
+
+        async def answer(
+            candidate: ModelRoute, deployment: Deployment, own: list[EmbeddingJob]
+        ) -> tuple[ModelRoute, list[list[float]]]:
+            return candidate, await self._embed(deployment, own)
+
+        attempts = self.router.plan(route, None)
+        return await first_answer(self.lease, self.router, route, attempts, prepare, answer)
 
     async def _embed(self, deployment: Deployment, jobs: list[EmbeddingJob]) -> list[list[float]]:
         self.lease.submitted()

@@ -227,6 +227,7 @@ def test_no_setting_returns_tracebacks_to_clients(
     """DEBUG=true in the environment (a generic name other tools set) changes nothing: a
     bug inside the pipeline answers a plain 500 in OpenAI's envelope, no traceback."""
     monkeypatch.setenv("DEBUG", "true")
+    monkeypatch.setenv("EMBEDDING_MODEL", "none")  # the scripted engine is the only one
     settings = load_settings()
     engine = ScriptedEngine(fail_encode=RuntimeError("secret internals"))
     with serving(loop_thread, engine, settings) as srv:
