@@ -150,7 +150,9 @@ class EngineSupervisor:
 
     @property
     def model_info(self) -> ModelInfo:
-        return self._engine.model_info
+        """The last started engine's: the model (its context, vocabulary) is known through a
+        restart, so requests are still sized and routed while it comes back."""
+        return self._speaker.model_info
 
     @property
     def device_info(self) -> DeviceInfo:

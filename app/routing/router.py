@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 from app.auth.keys import Principal
 from app.deployments.base import Deployment
 from app.engine.tool_protocol import ToolCallParser
-from app.errors import InvalidRequestError, ModelNotFoundError
+from app.errors import EngineUnavailableError, InvalidRequestError, ModelNotFoundError
 from app.routing.catalog import Catalog, ModelSpec
 from app.routing.strategies import Strategy
 
@@ -86,11 +86,15 @@ class ModelRoute:
 
     @property
     def max_model_len(self) -> int:
-        """``context_length`` when set, else the local engine's (503 while it loads)."""
+        """``context_length`` when set, else that of the first local engine that knows it
+        (503 while every one is still loading for the first time)."""
         if self.spec.context_length is not None:
             return self.spec.context_length
-        local: Any = next(d for d in self.deployments if hasattr(d, "max_model_len"))
-        return int(local.max_model_len)
+        locals_: list[Any] = [d for d in self.deployments if hasattr(d, "max_model_len")]
+        for local in locals_[:-1]:
+            with contextlib.suppress(EngineUnavailableError):
+                return int(local.max_model_len)
+        return int(locals_[-1].max_model_len)
 
     def ordered(self, key: bytes | None) -> list[Deployment]:
         """Available deployments by the strategy; unavailable ones are not tried."""

@@ -5,7 +5,8 @@ The schema is the app's (``app.openapi()``), narrowed in a copy so that the run 
 the engine rather than the 404 and context-length paths, stays short, and leaves the shared
 server as it found it:
 
-- ``model`` is pinned to the served model (negative cases still send other values);
+- ``model`` is pinned to the served model, the embedding model for ``/v1/embeddings``
+  (negative cases still send other values); the server has both, each on a real engine;
 - ``max_tokens`` is required and at most 8 (``max_completion_tokens`` at most 8 too), so no
   generated request asks for the whole context;
 - ``timeout`` is left out: a request's own deadline expiring is a 504 that the circuit
@@ -26,7 +27,11 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from tests.support.servers import RunningServer
+from app.engine.manager import EngineManager
+from app.main import create_app
+from app.routing.catalog import EMBED_DEPLOYMENT
+from tests.conftest import make_settings
+from tests.support.servers import LoopThread, RunningServer, start_server, stop_server
 
 MAX_EXAMPLES = 20  # per operation and mode: 40 requests per operation
 OPERATIONS = [
@@ -34,6 +39,7 @@ OPERATIONS = [
     ("POST", "/v1/completions"),
     ("POST", "/v1/generate"),
     ("POST", "/v1/stream"),
+    ("POST", "/v1/embeddings"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model}"),
 ]
@@ -50,10 +56,13 @@ REQUEST_MODELS = ("ChatCompletionRequest", "CompletionRequest", "SimpleGenerateR
 STATUSES: Counter[tuple[str, str, int]] = Counter()  # (operation, mode, status) → requests
 
 
-def _narrowed(document: dict[str, Any], model_id: str) -> dict[str, Any]:
+def _narrowed(document: dict[str, Any], model_id: str, embed_id: str) -> dict[str, Any]:
     """A copy of the app's schema narrowed as the module docstring says."""
     document = copy.deepcopy(document)
     models = document["components"]["schemas"]
+    embedding = models["EmbeddingRequest"]
+    embedding["properties"]["model"] = {"type": "string", "enum": [embed_id]}
+    del embedding["properties"]["timeout"]
     for name in REQUEST_MODELS:
         model = models[name]
         fields = model["properties"]
@@ -71,9 +80,23 @@ def _narrowed(document: dict[str, Any], model_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def api_schema(server: RunningServer, model_id: str) -> Any:
+def both_models(
+    loop_thread: LoopThread, engine: EngineManager, embedding_engine: EngineManager
+) -> Iterator[RunningServer]:
+    """The default catalogue with generation and embeddings, on the session's engines."""
+    settings = make_settings(max_body_bytes=64 * 1024, embedding={"embedding_model": "embedded"})
+    engines = {"local": engine, EMBED_DEPLOYMENT: embedding_engine}
+    running = start_server(loop_thread, create_app(settings, local_engines=engines))
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def api_schema(both_models: RunningServer, model_id: str, embedding_engine: EngineManager) -> Any:
     """The app's OpenAPI schema (``/v1`` only), bound to the live server's URL."""
-    schema = schemathesis.openapi.from_dict(_narrowed(server.app.openapi(), model_id))
+    embed_id = embedding_engine.model_info.served_name
+    server = both_models
+    schema = schemathesis.openapi.from_dict(_narrowed(server.app.openapi(), model_id, embed_id))
     schema.config.update(base_url=server.url, request_timeout=RESPONSE_TIME_LIMIT_S * 2)
     schema.config.checks.update(
         included_check_names=CHECKS, max_response_time=RESPONSE_TIME_LIMIT_S
