@@ -51,6 +51,13 @@ class SupervisedEngine(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     def fail_all(self, reason: str) -> None: ...
+    def _require_ready(self) -> None:
+        """New work goes only to a ready engine; while it restarts the answer is a 503."""
+        if not self.is_ready:
+            raise EngineUnavailableError(
+                "The engine is restarting.", retry_after=RESTART_RETRY_AFTER_S
+            )
+
     def num_unfinished_requests(self) -> int: ...
     def generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[EngineStep]: ...
 
@@ -181,11 +188,15 @@ class EngineSupervisor:
     def num_unfinished_requests(self) -> int:
         return self._engine.num_unfinished_requests()
 
-    async def check_health(self) -> None:
+    def _require_ready(self) -> None:
+        """New work goes only to a ready engine; while it restarts the answer is a 503."""
         if not self.is_ready:
             raise EngineUnavailableError(
                 "The engine is restarting.", retry_after=RESTART_RETRY_AFTER_S
             )
+
+    async def check_health(self) -> None:
+        self._require_ready()
         await self._engine.check_health()
 
     async def abort(self, request_id: str) -> None:
@@ -204,10 +215,7 @@ class EngineSupervisor:
     ) -> AsyncIterator[EngineStep]:
         """The current engine's stream (no wrapper on the per-token path): stall detection
         reads the engine's own heartbeat."""
-        if not self.is_ready:
-            raise EngineUnavailableError(
-                "The engine is restarting.", retry_after=RESTART_RETRY_AFTER_S
-            )
+        self._require_ready()
         stream: AsyncIterator[EngineStep] = self._engine.generate(
             prompt_token_ids, options, request_id, priority
         )
@@ -220,10 +228,7 @@ class EngineSupervisor:
         dimensions: int | None = None,
         priority: int = 0,
     ) -> list[float]:
-        if not self.is_ready:
-            raise EngineUnavailableError(
-                "The engine is restarting.", retry_after=RESTART_RETRY_AFTER_S
-            )
+        self._require_ready()
         vector: list[float] = await self._engine.embed(
             prompt_token_ids, request_id, dimensions, priority
         )
