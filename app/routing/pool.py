@@ -154,7 +154,6 @@ class DeploymentPool:
     def _engine(self, model: ModelSpec, spec: LocalDeploymentSpec) -> EngineClient:
         """A supervised engine; wrapped in the fault-injection seam only when configured."""
         from app.engine.faults import FaultInjectingEngine
-        from app.engine.manager import EngineManager
         from app.engine.supervisor import EngineSupervisor
 
         overrides: dict[str, Any] = {
@@ -177,12 +176,16 @@ class DeploymentPool:
         plan = engine_settings.fault_injection
 
         def factory() -> Any:
+            # Imports vLLM (~15 s): the supervisor calls this off the loop, at start.
+            from app.engine.manager import EngineManager
+
             manager = EngineManager(engine_settings)
             return FaultInjectingEngine(manager, plan) if plan is not None else manager
 
         return EngineSupervisor(
             factory,
             self.settings.resilience.engine_stall_s,
+            standby=engine_settings.standby_engine,
             on_restart=self.metrics.engine_restarted,
         )
 
