@@ -95,11 +95,24 @@ def serve(settings: Settings, host: str, port: int) -> int:
     try:
         server.run()
     finally:
-        reap_children()
+        _end_engine_work(settings.engine.engine_stop_timeout_s)
     if fatal:
         print(f"error: the engine could not start: {fatal[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _end_engine_work(timeout_s: float) -> None:
+    """Nothing of an engine may outlive the server, and nothing may hold its exit: child
+    processes are ended, then engine work still running in threads (a build abandoned by
+    a SIGTERM mid-start) gets ``timeout_s`` to finish, then what it started is ended too.
+    (At exit, multiprocessing joins every live child it started: one left would hang it.)"""
+    reap_children()
+    from app.engine.threads import join_engine_threads
+
+    if not join_engine_threads(timeout_s):
+        log.warning("engine work still running at exit; its processes are ended")
+    reap_children()
 
 
 def reap_children(grace_s: float = REAP_GRACE_S) -> list[int]:

@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar, cast
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+ENGINE_THREAD_PREFIX = "engine-"  # every name given here starts so (engine-build, ...)
 
 
 async def in_daemon_thread(
@@ -68,6 +70,18 @@ async def in_daemon_thread(
         if future.done() and not future.cancelled() and future.exception() is None:
             give_up(future.result())
         raise
+
+
+def join_engine_threads(timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for engine work still running in daemon threads (a build
+    abandoned mid-start shuts its engine down when it ends); True if none is left."""
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread.daemon and thread.name.startswith(ENGINE_THREAD_PREFIX):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(
+        t.is_alive() and t.name.startswith(ENGINE_THREAD_PREFIX) for t in threading.enumerate()
+    )
 
 
 def _spawn(target: Callable[[], None], name: str) -> None:
