@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,7 @@ def watch(
     assert server.proc is not None
     deadline = timeline.origin + timeout_s
     noticed = not old_cores
+    restarts = _engine_stats(server).get("restarts")
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"gateway exited ({server.proc.returncode})\n{server.log_tail()}")
@@ -174,6 +176,9 @@ def watch(
         if not ready and not noticed:
             noticed = True
             timeline.mark("not ready (noticed)")
+        if old_cores and _engine_stats(server).get("restarts") != restarts:
+            noticed = True  # a standby swap can be over before /readyz shows it
+            timeline.mark("engine replaced")
         if ready and noticed:
             timeline.mark("ready")
             return
@@ -200,6 +205,7 @@ def profile(env: dict[str, str], kills: int, timeout_s: float, log_dir: Path) ->
         assert server.proc is not None
         cold = Timeline(started)
         watch(server, log, cold, timeout_s, set())
+        _wait_standby(server, cold, timeout_s)
         time.sleep(1.0)  # let the just-started engine settle before reading memory
         report["start"], report["memory_ready"] = cold.marks, memory(server.proc.pid)
         report["restarts"] = []
@@ -213,9 +219,34 @@ def profile(env: dict[str, str], kills: int, timeout_s: float, log_dir: Path) ->
     return report
 
 
+def _wait_standby(server: ServerProcess, timeline: Timeline, timeout_s: float) -> None:
+    """With STANDBY_ENGINE, until the standby is ready too (marked ``standby ready``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready = _engine_stats(server).get("standby_ready")
+        if ready is None:
+            return
+        if ready:
+            timeline.mark("standby ready")
+            return
+        time.sleep(POLL_S * 4)
+    raise TimeoutError(f"standby not ready within {timeout_s:.0f}s")
+
+
+def _engine_stats(server: ServerProcess) -> dict[str, Any]:
+    """The gateway's ``/resilience/stats`` engine summary (empty if it does not answer)."""
+    try:
+        with urllib.request.urlopen(server.base_url + "/resilience/stats", timeout=2) as resp:
+            return dict(json.load(resp).get("engine", {}))
+    except (OSError, ValueError):
+        return {}
+
+
 def _kill_and_watch(server: ServerProcess, log: LogWatcher, timeout_s: float) -> dict[str, float]:
+    """SIGKILL the active engine core (not a standby's) and watch the restart."""
     assert server.proc is not None
-    cores = engine_cores(server.proc.pid)
+    active = set(_engine_stats(server).get("engine_core_pids") or [])
+    cores = [c for c in engine_cores(server.proc.pid) if not active or c.pid in active]
     if not cores:
         raise RuntimeError("no engine core to kill")
     killed = time.monotonic()
