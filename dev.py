@@ -58,6 +58,16 @@ def sh(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
         sys.exit(code)
 
 
+def exec_(*cmd: str | Path) -> None:
+    """Become ``cmd`` (echoed first): a server run this way gets the signals sent to this
+    process (SIGTERM from systemd, a container runtime, a test) and its exit status is
+    ours, with no parent left behind to orphan it."""
+    argv = [str(part) for part in cmd]
+    print("+", " ".join(argv), flush=True)
+    os.chdir(ROOT)
+    os.execv(argv[0], argv)
+
+
 def has_nvidia_gpu() -> bool:
     if os.environ.get("GATEWAY_DEVICE") in ("cpu", "cuda"):
         return os.environ["GATEWAY_DEVICE"] == "cuda"
@@ -208,14 +218,16 @@ def ensure_system_packages() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Serve the gateway (the embedded model unless MODEL_NAME is set)."""
-    setup()
+    """Serve the gateway (the embedded model unless MODEL_NAME is set); the server replaces
+    this process (exec), so SIGTERM drains it and its exit status is the command's."""
+    if not args.no_setup:
+        setup()
     cmd: list[str | Path] = [PY, "-m", "app"]
     if args.host:
         cmd += ["--host", args.host]
     if args.port:
         cmd += ["--port", str(args.port)]
-    sh(*cmd)
+    exec_(*cmd)
 
 
 def test(args: argparse.Namespace) -> None:
@@ -228,25 +240,25 @@ def test(args: argparse.Namespace) -> None:
 def keys(argv: list[str]) -> None:
     """Manage API keys: `keys new --name N --rpm R --tpm T` prints a new key once."""
     setup()
-    sh(PY, "-m", "app.auth.cli", *argv)
+    exec_(PY, "-m", "app.auth.cli", *argv)
 
 
 def load_test(argv: list[str]) -> None:
     """Run locust headless: `load-test -c 20 -r 1000 [--host URL] [--stream] [--duration 60s]`."""
     setup()
-    sh(PY, "-m", "loadtest.run", *argv)
+    exec_(PY, "-m", "loadtest.run", *argv)
 
 
 def bench(argv: list[str]) -> None:
     """Benchmark this gateway against vLLM's own OpenAI server on the same model."""
     setup()
-    sh(PY, "-m", "loadtest.bench", *argv)
+    exec_(PY, "-m", "loadtest.bench", *argv)
 
 
 def profile(argv: list[str]) -> None:
     """py-spy the API process under the bench workload: `profile [--server vllm]`."""
     setup()
-    sh(PY, "-m", "loadtest.profile", *argv)
+    exec_(PY, "-m", "loadtest.profile", *argv)
 
 
 # ------------------------------------------------------------------ quality and delivery
@@ -428,7 +440,19 @@ def _build_if_docker() -> None:
     build(argparse.Namespace(target="cpu", tag=None))
 
 
-PASSTHROUGH = {"keys": keys, "load-test": load_test, "bench": bench, "profile": profile}
+def profile_startup(argv: list[str]) -> None:
+    """Time each phase of engine start-up and of a restart after SIGKILL, and the memory."""
+    setup()
+    exec_(PY, "-m", "loadtest.startup", *argv)
+
+
+PASSTHROUGH = {
+    "keys": keys,
+    "load-test": load_test,
+    "bench": bench,
+    "profile": profile,
+    "profile-startup": profile_startup,
+}
 
 
 def main() -> None:
@@ -438,6 +462,9 @@ def main() -> None:
     run_parser = sub.add_parser("run", help=run.__doc__)
     run_parser.add_argument("--host", help="bind address (default HOST or 127.0.0.1)")
     run_parser.add_argument("--port", type=int, help="port (default PORT or 8000)")
+    run_parser.add_argument(
+        "--no-setup", action="store_true", help="skip the setup check (.venv and model exist)"
+    )
     run_parser.set_defaults(func=run)
     test_parser = sub.add_parser("test", help=test.__doc__)
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")

@@ -35,5 +35,7 @@ async def readyz(state: StateDep) -> Response:
         unavailable = []
     if unavailable:
         message = f"No live deployment for: {', '.join(unavailable)}."
-        return error_response(EngineUnavailableError(message, retry_after=NOT_READY_RETRY_S))
+        hints = [d.ready_in_s for d in router.deployments()]
+        retry = min((h for h in hints if h), default=NOT_READY_RETRY_S)
+        return error_response(EngineUnavailableError(message, retry_after=retry))
     return json_response({"status": "ready"})

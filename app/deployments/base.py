@@ -142,6 +142,11 @@ class Deployment(Protocol):
         ...
 
     @property
+    def ready_in_s(self) -> float | None:
+        """Predicted seconds until it is ready (0 when it is; None: no prediction)."""
+        ...
+
+    @property
     def last_progress_at(self) -> float:
         """When it last produced output (``time.monotonic()``), whoever read it."""
         ...

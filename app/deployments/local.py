@@ -22,6 +22,12 @@ class LocalDeployment:
         return self.engine.is_ready
 
     @property
+    def ready_in_s(self) -> float | None:
+        """The supervisor's predicted seconds until the engine is ready (0 when it is)."""
+        hint = getattr(self.engine, "ready_in_s", None)
+        return None if hint is None else float(hint)
+
+    @property
     def last_progress_at(self) -> float:
         return self.engine.last_progress_at
 
@@ -68,5 +74,7 @@ class LocalDeployment:
             "ready": engine.is_ready,
             "unfinished_requests": engine.num_unfinished_requests(),
             "restarts": getattr(engine, "restarts", 0),
+            "standby_ready": getattr(engine, "standby_ready", None),
+            "ready_in_s": self.ready_in_s,
             "last_failure": getattr(engine, "last_failure", None),
         }

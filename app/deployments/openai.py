@@ -64,6 +64,10 @@ class OpenAIDeployment:
         return self.state.healthy
 
     @property
+    def ready_in_s(self) -> float | None:
+        return None  # its health checks say when; the breaker and cooldown give the hints
+
+    @property
     def resumable(self) -> bool:
         return self.spec.resume == "tokens"
 

@@ -13,6 +13,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -29,8 +30,10 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from app.engine.device import default_gpu_memory_utilization, detect_device
+from app.engine.forking import use_start_method
 from app.engine.protocol import DeviceInfo, EngineStep, ModelInfo, SamplingOptions
 from app.engine.settings import EngineSettings
+from app.engine.threads import in_daemon_thread
 from app.engine.tokenizer import render_chat
 from app.engine.tool_parsing import VllmToolParser, build_tool_parser, tool_parser_class
 from app.engine.tuning import cpu_engine_env, kv_bytes_per_token, kv_cache_bytes
@@ -74,7 +77,11 @@ class EngineManager:
             await asyncio.to_thread(tool_parser_class, parser)  # a typo fails before the load
         source = await asyncio.to_thread(self._resolve_model_source)
         started = time.perf_counter()
-        engine = await asyncio.to_thread(self._build, source)
+        # A daemon thread: a SIGTERM mid-build must not wait for it (the build is not
+        # interruptible); an engine that comes after the caller left is shut down at once.
+        engine = await in_daemon_thread(
+            lambda: self._build(source), "engine-build", on_abandoned=_shutdown_quietly
+        )
         self._engine = engine
         self._tokenizer = engine.get_tokenizer()
         self._model_info = _model_info(engine.model_config, self._served_name(source), source)
@@ -109,6 +116,8 @@ class EngineManager:
         )
         if kv_bytes is not None:
             config.cache_config.kv_cache_memory_bytes = kv_bytes
+        if device.kind == "cpu":
+            use_start_method(self._settings.engine_start_method)
         return AsyncLLM.from_vllm_config(
             config, stat_loggers=[self._progress_logger], enable_log_requests=False
         )
@@ -120,11 +129,22 @@ class EngineManager:
         """The engine core returned outputs (called by vLLM's stats hook, on the loop)."""
         self.last_progress_at = time.monotonic()
 
-    async def stop(self) -> None:
-        """Shut the engine core down; safe to call twice."""
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Shut the engine core down, within ``timeout_s`` (default ``ENGINE_STOP_TIMEOUT_S``):
+        past it, its processes are killed. Safe to call twice."""
         engine, self._engine = self._engine, None
-        if engine is not None:
-            await asyncio.to_thread(engine.shutdown)
+        if engine is None:
+            return
+        timeout_s = self._settings.engine_stop_timeout_s if timeout_s is None else timeout_s
+        try:
+            await asyncio.wait_for(
+                in_daemon_thread(engine.shutdown, "engine-shutdown"), max(timeout_s, 0.01)
+            )
+        except TimeoutError:
+            log.error("engine shutdown timed out; killing it", extra={"timeout_s": timeout_s})
+        except Exception:
+            log.exception("engine shutdown failed; killing it")
+        kill_engine_processes(engine)
 
     def _resolve_model_source(self) -> str:
         if self._settings.model_name:
@@ -209,6 +229,12 @@ class EngineManager:
 
     def num_unfinished_requests(self) -> int:
         return self._engine.get_num_unfinished_requests() if self._engine else 0
+
+    @property
+    def core_pids(self) -> list[int]:
+        """The engine-core process ids (none before start or after stop)."""
+        engine = self._engine
+        return [p.pid for p in engine_processes(engine) if p.pid] if engine else []
 
     async def check_health(self) -> None:
         try:
@@ -342,6 +368,31 @@ def _model_info(config: Any, served_name: str, source: str) -> ModelInfo:
         matryoshka=config.is_matryoshka,
         matryoshka_dimensions=tuple(dimensions) if dimensions else None,
     )
+
+
+def engine_processes(engine: AsyncLLM) -> list[Any]:
+    """The engine-core processes ``engine`` started (``multiprocessing`` processes)."""
+    resources = getattr(getattr(engine, "engine_core", None), "resources", None)
+    manager = getattr(resources, "engine_manager", None)
+    return list(getattr(manager, "processes", None) or [])
+
+
+def kill_engine_processes(engine: AsyncLLM) -> None:
+    """SIGKILL whatever is left of ``engine``'s processes (after a shutdown, nothing)."""
+    for process in engine_processes(engine):
+        with contextlib.suppress(Exception):
+            if process.is_alive():
+                log.warning("killing engine-core process", extra={"pid": process.pid})
+                process.kill()
+
+
+def _shutdown_quietly(engine: AsyncLLM) -> None:
+    """An engine whose caller left (cancelled mid-build): shut it down, or kill it."""
+    try:
+        engine.shutdown(timeout=5)
+    except Exception:
+        log.exception("abandoned engine failed to shut down")
+    kill_engine_processes(engine)
 
 
 class _ProgressLogger(StatLoggerBase):

@@ -40,6 +40,13 @@ class EngineSettings(BaseSettings):
     seed: int = 0
     trust_remote_code: bool = False
     startup_timeout_s: float = Field(default=600.0, gt=0)
+    # Past this, an engine that has not shut down is killed: shutdown is bounded whatever
+    # state the engine is in.
+    engine_stop_timeout_s: float = Field(default=10.0, gt=0)
+    # How the engine-core process starts on CPU (see app/engine/forking.py).
+    engine_start_method: Literal["fork", "spawn"] = "fork"
+    # A second engine kept ready, swapped in at once when the active one dies or stalls.
+    standby_engine: bool = False
     max_logprobs: int = Field(default=20, ge=0)
     tool_call_parser: str | None = Field(
         default=None,

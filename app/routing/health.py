@@ -3,6 +3,7 @@ and ``/resilience/stats``' deployment section."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from app.deployments.local import LocalDeployment
@@ -34,4 +35,12 @@ def engines_summary(registry: ModelRegistry) -> dict[str, Any]:
         "unfinished_requests": sum(d.engine.num_unfinished_requests() for d in engines),
         "restarts": sum(getattr(d.engine, "restarts", 0) for d in engines),
         "last_failure": next((f for f in failures if f), None),
+        "standby_ready": _all_known(getattr(d.engine, "standby_ready", None) for d in engines),
+        "engine_core_pids": [pid for d in engines for pid in getattr(d.engine, "core_pids", [])],
     }
+
+
+def _all_known(values: Iterable[bool | None]) -> bool | None:
+    """All the known values true; None when none is known (no standby is kept)."""
+    known = [value for value in values if value is not None]
+    return all(known) if known else None

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
 from app.deployments.base import Deployment, DeploymentState
@@ -32,6 +32,9 @@ from app.routing.catalog import (
 )
 from app.routing.router import ModelRoute, Router, Tokenizer
 from app.routing.strategies import Strategy
+
+if TYPE_CHECKING:
+    from app.engine.manager import Runner
 
 log = logging.getLogger(__name__)
 # The embedded model's directory, without importing the module that builds it (torch).
@@ -174,7 +177,6 @@ class DeploymentPool:
     def _engine(self, model: ModelSpec, spec: LocalDeploymentSpec) -> EngineClient:
         """A supervised engine; wrapped in the fault-injection seam only when configured."""
         from app.engine.faults import FaultInjectingEngine
-        from app.engine.manager import EngineManager, Runner
         from app.engine.supervisor import EngineSupervisor
 
         overrides: dict[str, Any] = {
@@ -202,12 +204,16 @@ class DeploymentPool:
         reserved = shared if runner == "generate" and self._local_embedders else 0.0
 
         def factory() -> Any:
+            # Imports vLLM (~15 s): the supervisor calls this off the loop, at start.
+            from app.engine.manager import EngineManager
+
             manager = EngineManager(engine_settings, runner, gpu_reserved=reserved)
             return FaultInjectingEngine(manager, plan) if plan is not None else manager
 
         return EngineSupervisor(
             factory,
             self.settings.resilience.engine_stall_s,
+            standby=engine_settings.standby_engine,
             on_restart=self.metrics.engine_restarted,
         )
 

@@ -219,6 +219,7 @@ async def first_answer(
         try:
             return await answer(candidate, deployment, work)
         except GatewayError as exc:
+            _hint_ready_in(exc, deployment)
             if not retryable(exc) or lease.deadline.expired:
                 raise
             log.warning(
@@ -237,12 +238,26 @@ def _breaker_permit(deployment: Deployment) -> Any:
         return None  # open, or its half-open trial is taken: not this one
 
 
+def _hint_ready_in(error: GatewayError, deployment: Deployment) -> None:
+    """A restarting engine's failure says when it should be back, not vLLM's fixed hint:
+    a client honouring Retry-After then retries once, when it can be answered."""
+    ready_in = deployment.ready_in_s
+    if isinstance(error, EngineUnavailableError) and ready_in:
+        error.retry_after = ready_in
+
+
 def _none_available(route: ModelRoute, attempts: list[Any]) -> EngineUnavailableError:
-    waits = [d.state.breaker.retry_after() for d in route.deployments]
+    waits = [_wait_for(d) for d in route.deployments]
     retry = min((w for w in waits if w > 0), default=NO_DEPLOYMENT_RETRY_S)
     return EngineUnavailableError(
         f"No deployment of model `{route.id}` is available right now.", retry_after=retry
     )
+
+
+def _wait_for(deployment: Deployment) -> float:
+    """Seconds until ``deployment`` may take a request: its breaker, and its engine's
+    predicted start (a restarting local engine), whichever is later."""
+    return max(deployment.state.breaker.retry_after(), deployment.ready_in_s or 0.0)
 
 
 def _head_for(head: ResponseHead, route: ModelRoute) -> ResponseHead:

@@ -6,6 +6,7 @@ and several replicas sharing Redis. Each one starts its own engine (~20 s on CPU
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -30,22 +31,62 @@ BASE_ENV = {
 
 
 class GatewayProcess:
-    """Start with :meth:`start`; logs go to ``log_path``; always :meth:`stop` it."""
+    """Start with :meth:`start`; logs go to ``log_path``; always :meth:`stop` it.
 
-    def __init__(self, log_dir: Path, env: dict[str, str] | None = None, name: str = "gw"):
+    ``argv`` replaces ``python -m app`` (e.g. ``python dev.py run``); ``session`` starts it
+    in a session (and process group) of its own, so what is left of it can be found.
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        name: str = "gw",
+        argv: list[str] | None = None,
+        session: bool = False,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}-{self.port}.log"
         self.env = {**os.environ, **BASE_ENV, **(env or {}), "PORT": str(self.port)}
+        self.argv = argv or [sys.executable, "-m", "app"]
+        self.session = session
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_timeout: float = 300) -> GatewayProcess:
+    def start(self, ready_timeout: float | None = 300) -> GatewayProcess:
+        """Start it; wait until ready unless ``ready_timeout`` is None."""
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app"], cwd=ROOT, env=self.env, stdout=log, stderr=log
-            )
-        self.wait_ready(ready_timeout)
+                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                start_new_session=self.session,
+            )  # fmt: skip
+        if ready_timeout is not None:
+            self.wait_ready(ready_timeout)
         return self
+
+    def group_left(self) -> list[int]:
+        """Live processes of its process group (``session=True``); none once it has exited."""
+        assert self.proc is not None and self.session
+        left = []
+        for proc in psutil.process_iter(["pid", "status"]):
+            try:
+                if os.getpgid(proc.pid) == self.proc.pid and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(proc.pid)
+            except (OSError, psutil.Error):
+                continue
+        return left
+
+    def engine_cores(self) -> list[psutil.Process]:
+        """Every live engine-core child (two with a standby engine)."""
+        assert self.proc is not None
+        found = []
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "EngineCor" in child.name():
+                    found.append(child)
+            except psutil.Error:
+                continue
+        return found
 
     def wait_ready(self, timeout: float) -> float:
         """Seconds until ``/readyz`` answers 200; fails if the process dies first."""
@@ -80,6 +121,8 @@ class GatewayProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
+        if self.proc is not None and self.session:
+            self._stop_group()
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGINT)
@@ -89,6 +132,17 @@ class GatewayProcess:
             for child in psutil.Process(self.proc.pid).children(recursive=True):
                 child.kill()
             self.proc.kill()
+            self.proc.wait(10)
+
+    def _stop_group(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:
             self.proc.wait(10)
 
     def log_tail(self, lines: int = 40) -> str:

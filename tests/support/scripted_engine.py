@@ -48,6 +48,8 @@ class ScriptedEngine:
     last_progress_at: float = field(default_factory=time.monotonic)
     fail_encode: BaseException | None = None
     ready: bool = True
+    # The supervisor's prediction of when it is ready again (None: it makes none).
+    ready_in_s: float | None = None
 
     @property
     def is_ready(self) -> bool:

@@ -1,0 +1,61 @@
+"""Start vLLM's engine-core process by ``fork`` on CPU instead of ``spawn``.
+
+vLLM's CPU platform asks for ``spawn``: the new interpreter re-imports torch and vLLM before
+it can build anything, ~17 s of every start and restart on a 2-core machine. A forked core
+inherits them (and shares their pages until written). What a fork also inherits, and must
+not keep, is undone in the child at once:
+
+- the gateway's TCP sockets (the listener and client connections): a core holding a copy
+  would keep a port bound and closed connections open;
+- Python's signal wake-up fd: a signal sent to the core (vLLM stops it with SIGTERM) would
+  otherwise be written to the gateway's event loop, which would take it as its own.
+
+The child runs only vLLM's engine core, which builds its own ZMQ context and sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import stat
+
+START_METHODS = ("fork", "spawn")
+_hooked = False
+
+
+def use_start_method(method: str) -> None:
+    """Set vLLM's start method for the next engine core (after vLLM's config is built:
+    its CPU platform sets ``spawn`` there)."""
+    if method not in START_METHODS:
+        raise ValueError(f"ENGINE_START_METHOD must be one of {START_METHODS}, got {method!r}")
+    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
+    if method == "fork":
+        _hook_once()
+
+
+def _hook_once() -> None:
+    global _hooked
+    if not _hooked:
+        os.register_at_fork(after_in_child=_forget_parent_io)
+        _hooked = True
+
+
+def _forget_parent_io() -> None:
+    """In the forked child: drop the parent's wake-up fd and its TCP sockets."""
+    with contextlib.suppress(ValueError):  # not the main thread: no wake-up fd to drop
+        signal.set_wakeup_fd(-1)
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError, ValueError):
+            _close_if_tcp(int(name))
+
+
+def _close_if_tcp(fd: int) -> None:
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        return
+    sock = socket.socket(fileno=fd)
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.close()
+    else:
+        sock.detach()
