@@ -63,6 +63,9 @@ class EngineManager:
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
         self._model_info: ModelInfo | None = None
+        # Seconds the last build spent in the engine itself (process, weights, KV cache): what
+        # a restart repeats, unlike the one-off model inspection of a first config.
+        self.build_s: float | None = None
         # When the engine core last returned outputs, whoever was (or was not) reading them:
         # stall detection judges the engine, not one slow consumer.
         self.last_progress_at = time.monotonic()
@@ -89,7 +92,11 @@ class EngineManager:
             await self._check_tool_parser(parser)
         log.info(
             "engine ready",
-            extra={"model": source, "startup_s": round(time.perf_counter() - started, 1)},
+            extra={
+                "model": source,
+                "startup_s": round(time.perf_counter() - started, 1),
+                "engine_build_s": round(self.build_s or 0.0, 1),
+            },
         )
 
     async def _check_tool_parser(self, name: str) -> None:
@@ -118,9 +125,12 @@ class EngineManager:
             config.cache_config.kv_cache_memory_bytes = kv_bytes
         if device.kind == "cpu":
             use_start_method(self._settings.engine_start_method)
-        return AsyncLLM.from_vllm_config(
+        began = time.perf_counter()
+        engine = AsyncLLM.from_vllm_config(
             config, stat_loggers=[self._progress_logger], enable_log_requests=False
         )
+        self.build_s = time.perf_counter() - began
+        return engine
 
     def _progress_logger(self, vllm_config: Any, engine_index: int = 0) -> StatLoggerBase:
         return _ProgressLogger(self)

@@ -96,6 +96,7 @@ class EngineSupervisor:
         self._active_began: float | None = None
         self._standby_began: float | None = None
         self.forecast = forecast or StartupForecast()
+        self._first_started = False  # later starts are restarts (or standbys): forecast apart
         self.restarts = 0
         self.last_failure: str | None = None
 
@@ -140,8 +141,13 @@ class EngineSupervisor:
                 began = time.monotonic()
                 setattr(self, f"_{role}_began", began)
                 await engine.start()
-                self.forecast.record(time.monotonic() - began)
+                self.forecast.record(
+                    time.monotonic() - began,
+                    restart=self._first_started,
+                    repeatable_s=getattr(engine, "build_s", None),
+                )
         setattr(self, f"_{role}_began", None)
+        self._first_started = True
 
     def _up(self) -> None:
         """The active engine is ready: its tokenizer speaks, its silence is measured anew."""
@@ -273,7 +279,8 @@ class EngineSupervisor:
         now, began = time.monotonic(), self._active_began
         if began is None and self._standby is not None:  # dead; the standby takes over
             began = self._standby_began or 0.0  # 0.0: it is ready
-        return self.forecast.remaining_s(0.0 if began is None else now - began)
+        elapsed = 0.0 if began is None else now - began
+        return self.forecast.remaining_s(elapsed, restart=self._first_started)
 
     def _unavailable(self) -> EngineUnavailableError:
         return EngineUnavailableError("The engine is restarting.", retry_after=self.ready_in_s)

@@ -32,6 +32,7 @@ class LifecycleEngine:
     stops: int = 0
     failed: list[str] = field(default_factory=list)
     last_progress_at: float = 0.0
+    build_s: float | None = None  # what EngineManager reports: the part a restart repeats
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_s)
@@ -124,6 +125,29 @@ def test_retry_after_while_restarting_is_the_expected_start_minus_time_spent() -
         with pytest.raises(EngineUnavailableError) as refused:
             supervisor.generate([1], None, "r1")  # type: ignore[arg-type]
         assert refused.value.retry_after == pytest.approx(supervisor.ready_in_s, abs=0.1)
+        await supervisor.stop()
+
+    run(scenario)
+
+
+def test_a_restart_is_forecast_from_what_restarts_repeat_then_from_restarts() -> None:
+    """The first start's one-off work (a new machine's model inspection) does not inflate
+    a restart's Retry-After: the engine's build time does, until a restart is measured."""
+
+    async def scenario() -> None:
+        supervisor, factory = _supervisor()
+        built = factory.built
+        factory.start_s = 0.2
+        await supervisor.start()
+        built[0].build_s = 0.02  # reported after its start, as EngineManager does
+        supervisor.forecast = StartupForecast(first_guess_s=30)
+        supervisor.forecast.record(0.2, repeatable_s=built[0].build_s)
+        assert supervisor.forecast.expected_s(restart=True) == pytest.approx(0.02)
+        factory.start_s = 0.05
+        built[0].die()
+        await _until(lambda: supervisor.restarts == 1 and supervisor.is_ready)
+        assert supervisor.forecast.expected_s(restart=True) == pytest.approx(0.05, abs=0.04)
+        assert supervisor.forecast.expected_s() == pytest.approx(0.2)
         await supervisor.stop()
 
     run(scenario)
