@@ -217,7 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = dict(item.split("=", 1) for item in args.gateway_env)
     gw_port = free_port()
     with upstream:
-        upstream.start()
         upstream.wait_ready(60)
         env = {
             **os.environ, **features, "CONCURRENCY_LIMIT": "256", "MAX_QUEUE_SIZE": "4096",
@@ -228,7 +227,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gateway", gateway_argv(gw_port), gw_port, "/readyz", work / "gateway.log", env=env
         )
         with gateway:
-            gateway.start()
             gateway.wait_ready(120)
             assert upstream.proc is not None and gateway.proc is not None
             up_pid, gw_pid = upstream.proc.pid, gateway.proc.pid

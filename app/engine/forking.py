@@ -6,7 +6,11 @@ inherits them (and shares their pages until written). What a fork also inherits,
 not keep, is undone in the child at once:
 
 - the gateway's TCP sockets (the listener and client connections): a core holding a copy
-  would keep a port bound and closed connections open;
+  would keep a port bound and closed connections open. Each is replaced by ``/dev/null``
+  under the same fd number rather than closed: the parent's socket objects live on in the
+  child and close their fd when collected, which, had the number been freed, would close
+  whatever the core opened under it since (libzmq's eventfd: the core aborted with
+  "Invalid argument (src/signaler.cpp)" when a second engine was forked in one process);
 - Python's signal wake-up fd: a signal sent to the core (vLLM stops it with SIGTERM) would
   otherwise be written to the gateway's event loop, which would take it as its own.
 
@@ -46,16 +50,22 @@ def _forget_parent_io() -> None:
     """In the forked child: drop the parent's wake-up fd and its TCP sockets."""
     with contextlib.suppress(ValueError):  # not the main thread: no wake-up fd to drop
         signal.set_wakeup_fd(-1)
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError, ValueError):
-            _close_if_tcp(int(name))
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError, ValueError):
+                fd = int(name)
+                if fd != devnull and _is_tcp(fd):
+                    os.dup2(devnull, fd)  # the socket is released; the number stays taken
+    finally:
+        os.close(devnull)
 
 
-def _close_if_tcp(fd: int) -> None:
+def _is_tcp(fd: int) -> bool:
     if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-        return
+        return False
     sock = socket.socket(fileno=fd)
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-        sock.close()
-    else:
+    try:
+        return sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+    finally:
         sock.detach()
