@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,11 +145,13 @@ async def _drive(url: str, requests: int, concurrency: int, tokens: int) -> tupl
         while not queue.empty():
             queue.get_nowait()
             try:
-                counted += await _one(session, url, tokens)
+                got = await _one(session, url, tokens)  # not `counted += await`: lost updates
             except Exception as exc:  # reported in the count, shown once
                 if errors == 0:
                     print(f"  first error: {exc!r}", file=sys.stderr)
                 errors += 1
+            else:
+                counted += got
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -241,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "gateway", gateway.base_url, {"gateway": gw_pid, "upstream": up_pid}, args
                 )
                 if spy is not None:
-                    spy.terminate()
+                    spy.send_signal(signal.SIGINT)
                     spy.wait(30)
                 print(result.line())
     return 0

@@ -1,6 +1,12 @@
 """``OpenAIDeployment``: a remote OpenAI-compatible server, proxied with one pooled httpx
 client (HTTP keep-alive, no client per request).
 
+The client runs on aiohttp's transport (``httpx-aiohttp``) rather than httpx's own: its C
+parser costs less per streamed event than h11, and its reads return everything buffered,
+so a relay that falls behind takes several events per read and writes them to its client
+at once (see :mod:`app.deployments.sse`). ``python -m loadtest.relay_cost`` measures it.
+Proxy environment variables are not applied to upstream calls.
+
 Failures come back as the deployment's errors (see :mod:`app.deployments.base`): refused
 or dropped connections, 5xx and 429 are retryable on another deployment (a 429's
 ``Retry-After`` also cools this one down); other 4xx are the client's; an answer that is
@@ -19,8 +25,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
+from httpx_aiohttp import AiohttpTransport
 
 from app.deployments.base import (
     BadUpstreamError,
@@ -28,7 +36,7 @@ from app.deployments.base import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from app.deployments.sse import StreamCutError, sse_data
+from app.deployments.sse import StreamCutError, sse_batches
 from app.deployments.wire import (
     chat_step,
     completion_path,
@@ -90,7 +98,7 @@ class OpenAIDeployment:
                 _root(self.spec.base_url) + health.path, timeout=health.timeout_s
             )
             ok = response.is_success
-        except httpx.HTTPError:
+        except (httpx.HTTPError, aiohttp.ClientError):
             ok = False
         self._failed_checks = 0 if ok else self._failed_checks + 1
         healthy = ok or self._failed_checks < health.failures
@@ -121,10 +129,8 @@ class OpenAIDeployment:
                     raise await self._refusal(response)
                 async for step in self._steps(response, parse):
                     yield step
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"Deployment {self.state.name} timed out: {exc!r}") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"Deployment {self.state.name} is unreachable: {exc!r}") from exc
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            raise _unreachable(exc, self.state.name) from exc
         except StreamCutError as exc:
             raise BadUpstreamError(f"Deployment {self.state.name} cut its stream: {exc}") from exc
 
@@ -134,10 +140,8 @@ class OpenAIDeployment:
         body = embedding_body(jobs, self.upstream_model, self.spec.send)
         try:
             response = await self._client.post("/embeddings", content=orjson.dumps(body))
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"Deployment {self.state.name} timed out: {exc!r}") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"Deployment {self.state.name} is unreachable: {exc!r}") from exc
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            raise _unreachable(exc, self.state.name) from exc
         if response.status_code != 200:
             raise await self._refusal(response)
         self.last_progress_at = time.monotonic()
@@ -151,20 +155,28 @@ class OpenAIDeployment:
     async def _steps(
         self, response: httpx.Response, parse: Callable[[dict[str, Any]], EngineStep]
     ) -> AsyncIterator[EngineStep]:
+        """One step per read: the events a read brought, their deltas in order (a relay
+        that falls behind writes them to its client at once; see :mod:`sse`)."""
         counted = 0
-        async for data in sse_data(response.aiter_bytes()):
+        name = self.state.name
+        async for batch in sse_batches(response.aiter_bytes()):
             self.last_progress_at = time.monotonic()
-            chunk = _json(data, self.state.name)
-            if "error" in chunk:
-                raise _stream_error(chunk["error"], self.state.name)
-            step = parse(chunk)
-            counted += step.num_tokens
-            usage = (chunk.get("usage") or {}).get("completion_tokens")
-            if usage is not None and usage > counted:  # servers that send no token ids
-                step.choices.append(ChoiceDelta(0, "", usage - counted))
-                counted = usage
-            if step.choices:
-                yield step
+            choices: list[ChoiceDelta] = []
+            finished = False
+            for data in batch:
+                chunk = _json(data, name)
+                if "error" in chunk:
+                    raise _stream_error(chunk["error"], name)
+                step = parse(chunk)
+                counted += step.num_tokens
+                usage = (chunk.get("usage") or {}).get("completion_tokens")
+                if usage is not None and usage > counted:  # servers that send no token ids
+                    step.choices.append(ChoiceDelta(0, "", usage - counted))
+                    counted = usage
+                choices += step.choices
+                finished = finished or step.finished
+            if choices:
+                yield EngineStep(choices, finished)
 
     async def _refusal(self, response: httpx.Response) -> GatewayError:
         raw = await _read_some(response)
@@ -196,8 +208,24 @@ def _client(spec: OpenAIDeploymentSpec) -> httpx.AsyncClient:
         keepalive_expiry=POOL_KEEPALIVE_S,
     )
     return httpx.AsyncClient(
-        base_url=spec.base_url, headers=headers, timeout=timeout, limits=limits
+        base_url=spec.base_url,
+        headers=headers,
+        timeout=timeout,
+        transport=AiohttpTransport(limits=limits),
     )
+
+
+def _unreachable(error: httpx.HTTPError | aiohttp.ClientError, name: str) -> UpstreamError:
+    """A timeout (connect, read, pool) is 504; any other transport failure (refused, reset,
+    dropped mid-stream) is unreachable. Judged by aiohttp's own error where there is one:
+    httpx-aiohttp maps every connection error, a refused one too, to ``ConnectTimeout``."""
+    cause = error.__cause__
+    timed_out = isinstance(error, httpx.TimeoutException) and (
+        cause is None or isinstance(cause, TimeoutError)
+    )
+    if timed_out:
+        return UpstreamTimeoutError(f"Deployment {name} timed out: {error!r}")
+    return UpstreamError(f"Deployment {name} is unreachable: {cause or error!r}")
 
 
 def _root(base_url: str) -> str:

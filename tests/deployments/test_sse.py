@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.deployments.sse import StreamCutError, sse_data
+from app.deployments.sse import StreamCutError, sse_batches, sse_data
 
 
 async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -39,3 +39,22 @@ def test_a_stream_that_ends_before_done_is_cut(tail: bytes) -> None:
     """Bytes that end before [DONE] — between events or mid-event — raise StreamCutError."""
     with pytest.raises(StreamCutError):
         _read(b"data: {}\n\n" + tail)
+
+
+def _batches(*parts: bytes) -> list[list[bytes]]:
+    async def collect() -> list[list[bytes]]:
+        return [batch async for batch in sse_batches(_chunks(*parts))]
+
+    return asyncio.run(collect())
+
+
+def test_the_events_of_one_read_come_as_one_batch() -> None:
+    """A relay that fell behind finds several events in one read: they come together (one
+    step, one write to its client); an event completed by the next read comes with it."""
+    read_1 = b"data: 1\n\ndata: 2\n\ndata: 3"
+    read_2 = b"\n\ndata: 4\n\ndata: [DONE]\n\ndata: after\n\n"
+    assert _batches(read_1, read_2) == [[b"1", b"2"], [b"3", b"4"]]
+
+
+def test_a_crlf_separator_split_between_reads_is_still_one() -> None:
+    assert _batches(b"data: 1\r", b"\n\r\ndata: [DONE]\r\n\r\n") == [[b"1"]]
