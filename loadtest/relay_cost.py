@@ -208,6 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", type=Path, help="py-spy the gateway into DIR/relay.txt")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="idle seconds before each path: past the upstream's 5 s keep-alive, pooled "
+        "connections go stale, as between the levels of the proxy benchmark",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="relay-"))
     up_port = free_port()
@@ -238,7 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.concurrency}, {args.repeats} repeats (logs in {work})"
             )
             for _ in range(args.repeats):
+                time.sleep(args.pause)
                 print(run_path("direct", upstream.base_url, {"upstream": up_pid}, args).line())
+                time.sleep(args.pause)
                 spy = _start_spy(gw_pid, args.profile) if args.profile else None
                 result = run_path(
                     "gateway", gateway.base_url, {"gateway": gw_pid, "upstream": up_pid}, args

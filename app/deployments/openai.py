@@ -51,9 +51,6 @@ from app.routing.catalog import OpenAIDeploymentSpec
 
 log = logging.getLogger(__name__)
 ERROR_BODY_BYTES = 16 * 1024  # of an upstream's error answer, read to tell the client why
-# Idle pooled connections are closed after this. An upstream must keep them open longer, or
-# a request sent just as it closes one fails ("Server disconnected") and counts against it.
-POOL_KEEPALIVE_S = 60.0
 
 
 class OpenAIDeployment:
@@ -123,23 +120,39 @@ class OpenAIDeployment:
         path = completion_path(job, spec.send)
         body = request_body(job, self.upstream_model, spec.send, spec.priority)
         parse = chat_step if path == "/chat/completions" else completion_step
-        try:
-            async with self._client.stream("POST", path, content=orjson.dumps(body)) as response:
-                if response.status_code != 200:
-                    raise await self._refusal(response)
-                async for step in self._steps(response, parse):
-                    yield step
-        except (httpx.HTTPError, aiohttp.ClientError) as exc:
-            raise _unreachable(exc, self.state.name) from exc
-        except StreamCutError as exc:
-            raise BadUpstreamError(f"Deployment {self.state.name} cut its stream: {exc}") from exc
+        content = orjson.dumps(body)
+        for attempt in (1, 2):
+            answered = False
+            try:
+                async with self._client.stream("POST", path, content=content) as response:
+                    answered = True
+                    if response.status_code != 200:
+                        raise await self._refusal(response)
+                    async for step in self._steps(response, parse):
+                        yield step
+                return
+            except (httpx.HTTPError, aiohttp.ClientError) as exc:
+                if attempt == 1 and not answered and _dropped_unanswered(exc):
+                    self._log_dropped(exc)
+                    continue
+                raise _unreachable(exc, self.state.name) from exc
+            except StreamCutError as exc:
+                raise BadUpstreamError(
+                    f"Deployment {self.state.name} cut its stream: {exc}"
+                ) from exc
 
     async def embed(self, jobs: list[EmbeddingJob]) -> list[list[float]]:
         """One ``POST /embeddings`` for every input: the gateway's token ids, or with
         ``send: request`` the texts (when every input is one)."""
-        body = embedding_body(jobs, self.upstream_model, self.spec.send)
+        body = orjson.dumps(embedding_body(jobs, self.upstream_model, self.spec.send))
         try:
-            response = await self._client.post("/embeddings", content=orjson.dumps(body))
+            try:
+                response = await self._client.post("/embeddings", content=body)
+            except (httpx.HTTPError, aiohttp.ClientError) as exc:
+                if not _dropped_unanswered(exc):
+                    raise
+                self._log_dropped(exc)
+                response = await self._client.post("/embeddings", content=body)
         except (httpx.HTTPError, aiohttp.ClientError) as exc:
             raise _unreachable(exc, self.state.name) from exc
         if response.status_code != 200:
@@ -151,6 +164,12 @@ class OpenAIDeployment:
             raise BadUpstreamError(
                 f"Deployment {self.state.name} sent no embedding: {exc!r}"
             ) from exc
+
+    def _log_dropped(self, error: BaseException) -> None:
+        log.info(
+            "upstream dropped the connection before answering; sending once more",
+            extra={"deployment": self.state.name, "error": repr(error.__cause__ or error)},
+        )
 
     async def _steps(
         self, response: httpx.Response, parse: Callable[[dict[str, Any]], EngineStep]
@@ -205,7 +224,7 @@ def _client(spec: OpenAIDeploymentSpec) -> httpx.AsyncClient:
     limits = httpx.Limits(
         max_connections=spec.max_connections,
         max_keepalive_connections=spec.max_connections,
-        keepalive_expiry=POOL_KEEPALIVE_S,
+        keepalive_expiry=spec.keepalive_s,
     )
     return httpx.AsyncClient(
         base_url=spec.base_url,
@@ -213,6 +232,16 @@ def _client(spec: OpenAIDeploymentSpec) -> httpx.AsyncClient:
         timeout=timeout,
         transport=AiohttpTransport(limits=limits),
     )
+
+
+def _dropped_unanswered(error: httpx.HTTPError | aiohttp.ClientError) -> bool:
+    """The upstream closed the connection before any answer (a pooled one it was closing as
+    it was reused: "Server disconnected", or the request could not be written). Sent once
+    more, on a new connection; a refused connection is not this, it fails over."""
+    cause = error.__cause__ or error
+    if isinstance(cause, aiohttp.ClientConnectorError):  # connect() failed: refused, no route
+        return False
+    return isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError))
 
 
 def _unreachable(error: httpx.HTTPError | aiohttp.ClientError, name: str) -> UpstreamError:

@@ -87,6 +87,13 @@ class OpenAIDeploymentSpec(_Spec):
     timeout_s: float = Field(default=60.0, gt=0, description="Longest silence on a stream.")
     connect_timeout_s: float = Field(default=2.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
+    keepalive_s: float = Field(
+        default=4.0,
+        gt=0,
+        description="Idle pooled connections are closed after this: below the upstream's "
+        "keep-alive (uvicorn's, and so vLLM's server's, is 5 s), so none is reused as the "
+        "upstream closes it.",
+    )
     max_concurrency: int | None = Field(default=None, ge=1)
     health: HealthCheckSpec = Field(default_factory=HealthCheckSpec)
 

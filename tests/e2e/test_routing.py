@@ -32,7 +32,7 @@ from loadtest.servers import ServerProcess
 from tests.conftest import make_settings
 from tests.support.servers import LoopThread, RunningServer, start_server, stop_server
 from tests.support.spec import validate
-from tests.support.upstreams import MODEL_DIR, broken_upstream, vllm_server
+from tests.support.upstreams import MODEL_DIR, broken_upstream, drop_first_posts, vllm_server
 
 pytestmark = pytest.mark.slow
 STORY = [{"role": "user", "content": "Tell me a story"}]
@@ -252,6 +252,36 @@ def test_bad_upstream_answers_are_an_openai_error_never_a_500_or_a_hang(
     assert time.monotonic() - started < 10
     assert response.status_code == status, response.text
     validate("ErrorResponse", response.json())
+
+
+def test_a_request_dropped_unanswered_is_sent_once_more_on_a_new_connection(
+    loop_thread: LoopThread,
+    engine: EngineManager,
+    broken: tuple[RunningServer, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """The upstream closes the connection as the request arrives (as a server closing an
+    idle pooled connection does): the deployment sends it once more, on a new connection,
+    and the client gets the answer; the deployment counts no failure."""
+    upstream, mode = broken
+    mode["how"] = "ok"
+    hop = loop_thread.run(drop_first_posts(upstream.port, drops=1))
+    port = hop.sockets[0].getsockname()[1]
+    spec = {"name": "flaky", "kind": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}
+    document = {
+        "models": [
+            {"id": "m", "deployments": [spec], "context_length": 1024, "tokenizer": str(MODEL_DIR)}
+        ]
+    }
+    try:
+        with gateway(loop_thread, engine, with_models(tmp_path / "m.yaml", document)) as srv:
+            body = {"model": "m", "prompt": "hi", "max_tokens": 2}
+            first = httpx.post(srv.url + "/v1/completions", json=body, timeout=30)
+            assert first.status_code == 200, first.text
+            assert first.json()["choices"][0]["text"] == "hi"
+            assert deployment(srv.url, "flaky")["outcomes"] == {"ok": 1}
+    finally:
+        loop_thread.loop.call_soon_threadsafe(hop.close)  # servers belong to their loop
 
 
 def test_a_broken_deployment_is_routed_around(

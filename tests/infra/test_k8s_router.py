@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from app.config import ServerSettings
-from app.deployments.openai import POOL_KEEPALIVE_S
 from app.resilience.settings import ResilienceSettings
 from app.routing.catalog import CatalogError, OpenAIDeploymentSpec, parse_catalog
 from tests.infra.conftest import K8S, ROOT, container, container_env, find, gateway, load_yaml
@@ -231,7 +230,7 @@ def engine_mismatches(docs: Docs) -> list[str]:
             problems.append(f"{where}: health {spec.health.path} is not the readiness probe's")
         if spec.priority and engine.flags.get("scheduling-policy") != "priority":
             problems.append(f"{where}: sends priority to a server without priority scheduling")
-        if keep_alive_s(engine) <= POOL_KEEPALIVE_S:
+        if keep_alive_s(engine) <= spec.keepalive_s:
             problems.append(f"{where}: closes idle connections before the router's pool does")
     return problems
 
@@ -243,7 +242,7 @@ def test_each_deployment_matches_its_engine(router):
     the router's health path is the engine pods' own readiness probe (the router ejects what
     Kubernetes takes out of the Service); priority goes only to a vLLM with priority
     scheduling; the server keeps idle connections longer than the router's pool
-    (POOL_KEEPALIVE_S), or a request sent as it closes one fails."""
+    (``keepalive_s``), or a request sent as it closes one is dropped."""
     assert engine_mismatches(router) == []
 
 

@@ -45,7 +45,8 @@ def broken_upstream(mode: dict[str, str]) -> Starlette:
     (a 200 stream whose event is not JSON), ``hang`` (headers, then silence), ``cut`` (a
     stream cut mid-event), ``error500``, ``busy429`` (429 with Retry-After), ``html200``
     (a 200 that is not an event stream at all), ``partial`` (three good chunks, without
-    token ids, then the connection drops). ``/health`` answers 200."""
+    token ids, then the connection drops); ``ok`` answers well (two tokens, ``[DONE]``).
+    ``/health`` answers 200."""
 
     async def completions(request: Request) -> Response:
         how = mode["how"]
@@ -68,7 +69,12 @@ def broken_upstream(mode: dict[str, str]) -> Starlette:
 
 
 async def _events(how: str):  # type: ignore[no-untyped-def]
-    if how == "garbage":
+    if how == "ok":
+        for token, finish in ((104, None), (105, "length")):
+            choice = {"index": 0, "text": chr(token), "token_ids": [token], "finish_reason": finish}
+            yield b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    elif how == "garbage":
         yield b"data: {this is not json\n\n"
     elif how == "cut":
         yield b'data: {"choices": [{"index": 0, "text": "hal'
@@ -82,3 +88,38 @@ async def _events(how: str):  # type: ignore[no-untyped-def]
     elif how == "hang":
         yield b": keep-alive comment\n\n"
         await asyncio.sleep(3600)
+
+
+async def drop_first_posts(target_port: int, drops: int) -> asyncio.Server:
+    """A loopback TCP hop to ``target_port`` that closes the first ``drops`` connections
+    carrying a POST as soon as its headers arrive, unanswered: what a server closing an idle
+    keep-alive connection does to a request sent on it. Other POST connections are relayed;
+    GETs (health checks) are answered 200 here, with ``Connection: close``."""
+    left = [drops]
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET"):  # health checks: answered here, on a connection not kept
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        if left[0] > 0:
+            left[0] -= 1
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        up_writer.write(head)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    return await asyncio.start_server(handle, "127.0.0.1", free_port())
