@@ -120,39 +120,28 @@ class OpenAIDeployment:
         path = completion_path(job, spec.send)
         body = request_body(job, self.upstream_model, spec.send, spec.priority)
         parse = chat_step if path == "/chat/completions" else completion_step
-        content = orjson.dumps(body)
-        for attempt in (1, 2):
-            answered = False
+        request = self._client.build_request("POST", path, content=orjson.dumps(body))
+        try:
+            response = await self._send(request, stream=True)
             try:
-                async with self._client.stream("POST", path, content=content) as response:
-                    answered = True
-                    if response.status_code != 200:
-                        raise await self._refusal(response)
-                    async for step in self._steps(response, parse):
-                        yield step
-                return
-            except (httpx.HTTPError, aiohttp.ClientError) as exc:
-                if attempt == 1 and not answered and _dropped_unanswered(exc):
-                    self._log_dropped(exc)
-                    continue
-                raise _unreachable(exc, self.state.name) from exc
-            except StreamCutError as exc:
-                raise BadUpstreamError(
-                    f"Deployment {self.state.name} cut its stream: {exc}"
-                ) from exc
+                if response.status_code != 200:
+                    raise await self._refusal(response)
+                async for step in self._steps(response, parse):
+                    yield step
+            finally:
+                await response.aclose()
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            raise _unreachable(exc, self.state.name) from exc
+        except StreamCutError as exc:
+            raise BadUpstreamError(f"Deployment {self.state.name} cut its stream: {exc}") from exc
 
     async def embed(self, jobs: list[EmbeddingJob]) -> list[list[float]]:
         """One ``POST /embeddings`` for every input: the gateway's token ids, or with
         ``send: request`` the texts (when every input is one)."""
-        body = orjson.dumps(embedding_body(jobs, self.upstream_model, self.spec.send))
+        body = embedding_body(jobs, self.upstream_model, self.spec.send)
+        request = self._client.build_request("POST", "/embeddings", content=orjson.dumps(body))
         try:
-            try:
-                response = await self._client.post("/embeddings", content=body)
-            except (httpx.HTTPError, aiohttp.ClientError) as exc:
-                if not _dropped_unanswered(exc):
-                    raise
-                self._log_dropped(exc)
-                response = await self._client.post("/embeddings", content=body)
+            response = await self._send(request, stream=False)
         except (httpx.HTTPError, aiohttp.ClientError) as exc:
             raise _unreachable(exc, self.state.name) from exc
         if response.status_code != 200:
@@ -165,11 +154,19 @@ class OpenAIDeployment:
                 f"Deployment {self.state.name} sent no embedding: {exc!r}"
             ) from exc
 
-    def _log_dropped(self, error: BaseException) -> None:
-        log.info(
-            "upstream dropped the connection before answering; sending once more",
-            extra={"deployment": self.state.name, "error": repr(error.__cause__ or error)},
-        )
+    async def _send(self, request: httpx.Request, stream: bool) -> httpx.Response:
+        """``request``'s answer (its headers, when ``stream``); a request the upstream
+        dropped unanswered is sent once more, on a new connection."""
+        try:
+            return await self._client.send(request, stream=stream)
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            if not _dropped_unanswered(exc):
+                raise
+            log.info(
+                "upstream dropped the connection before answering; sending once more",
+                extra={"deployment": self.state.name, "error": repr(exc.__cause__ or exc)},
+            )
+            return await self._client.send(request, stream=stream)
 
     async def _steps(
         self, response: httpx.Response, parse: Callable[[dict[str, Any]], EngineStep]

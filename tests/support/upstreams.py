@@ -95,7 +95,7 @@ async def drop_first_posts(target_port: int, drops: int) -> asyncio.Server:
     carrying a POST as soon as its headers arrive, unanswered: what a server closing an idle
     keep-alive connection does to a request sent on it. Other POST connections are relayed;
     GETs (health checks) are answered 200 here, with ``Connection: close``."""
-    left = [drops]
+    left = drops
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -108,14 +108,15 @@ async def drop_first_posts(target_port: int, drops: int) -> asyncio.Server:
             writer.close()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal left
         head = await reader.readuntil(b"\r\n\r\n")
         if head.startswith(b"GET"):  # health checks: answered here, on a connection not kept
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             await writer.drain()
             writer.close()
             return
-        if left[0] > 0:
-            left[0] -= 1
+        if left > 0:
+            left -= 1
             writer.close()
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
