@@ -29,7 +29,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from app.engine.device import default_gpu_memory_utilization, detect_device
+from app.engine.device import allow_amx_tiles, default_gpu_memory_utilization, detect_device
 from app.engine.forking import use_start_method
 from app.engine.protocol import DeviceInfo, EngineStep, ModelInfo, SamplingOptions
 from app.engine.settings import EngineSettings
@@ -124,6 +124,7 @@ class EngineManager:
         if kv_bytes is not None:
             config.cache_config.kv_cache_memory_bytes = kv_bytes
         if device.kind == "cpu":
+            allow_amx_tiles()  # before the core is forked: it inherits the permission
             use_start_method(self._settings.engine_start_method)
         began = time.perf_counter()
         engine = AsyncLLM.from_vllm_config(

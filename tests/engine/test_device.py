@@ -1,0 +1,45 @@
+"""The CPU's AMX tile state: asked for by the gateway, inherited by a forked engine core."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+import pytest
+import torch
+
+from app.engine.device import allow_amx_tiles
+
+SYS_ARCH_PRCTL = 158  # x86-64
+ARCH_GET_XCOMP_PERM = 0x1022
+XFEATURE_XTILEDATA = 18
+
+
+def xcomp_permitted() -> int:
+    """The extended CPU state components this process may use (a bit mask)."""
+    mask = ctypes.c_uint64()
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(SYS_ARCH_PRCTL, ARCH_GET_XCOMP_PERM, ctypes.byref(mask)) == 0
+    return mask.value
+
+
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or not torch.cpu._is_amx_tile_supported(),
+    reason="no AMX on this CPU",
+)
+def test_a_core_forked_after_asking_may_use_amx_tiles() -> None:
+    """Without the permission an AMX instruction is SIGILL (vLLM's bf16 attention kernel
+    killed the forked engine core on its first request); with it, a forked child has it."""
+    assert allow_amx_tiles()
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it may use the tile data
+        os._exit(0 if xcomp_permitted() >> XFEATURE_XTILEDATA & 1 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_nothing_is_asked_for_where_there_is_no_amx() -> None:
+    """On a CPU without AMX (or not x86) it is a no-op that says so."""
+    supported = platform.machine() == "x86_64" and torch.cpu._is_amx_tile_supported()
+    assert allow_amx_tiles() is supported
