@@ -12,8 +12,14 @@ or dropped connections, 5xx and 429 are retryable on another deployment (a 429's
 ``Retry-After`` also cools this one down); other 4xx are the client's; an answer that is
 not the protocol (garbage JSON, a stream cut before ``[DONE]``) is 502; a stream silent for
 ``timeout_s`` is 504. Active health checks run in the background: ``failures`` failed
-checks in a row eject the deployment, one success re-admits it (its breaker's trial
-request does the rest).
+checks in a row eject the deployment, one success re-admits it; a check that passes while
+the breaker has been open for an interval lets the breaker's trial request go at once (a
+sole deployment is not refused for the whole reset timeout after a burst of failures).
+
+A request is sent once more, on a new connection, when the failure was not the upstream's:
+it dropped the connection unanswered (a pooled connection it was closing), or the connect
+timer fired well past its time, because the gateway's own event loop stalled (a starved
+CPU) while the connect was pending.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ from app.routing.catalog import OpenAIDeploymentSpec
 
 log = logging.getLogger(__name__)
 ERROR_BODY_BYTES = 16 * 1024  # of an upstream's error answer, read to tell the client why
+# A connect timer this late (as a fraction of the timeout) fired after a stall of the
+# gateway's own loop; timers fire within milliseconds of their time on a responsive one.
+STALL_FRACTION = 0.25
 
 
 class OpenAIDeployment:
@@ -106,6 +115,8 @@ class OpenAIDeployment:
                 extra={"deployment": self.state.name},
             )
         self.state.healthy = healthy
+        if ok:  # it answers: an open breaker need not wait out its reset timeout
+            self.state.breaker.allow_trial(min_open_s=health.interval_s)
         return ok
 
     async def _check_forever(self) -> None:
@@ -155,15 +166,18 @@ class OpenAIDeployment:
             ) from exc
 
     async def _send(self, request: httpx.Request, stream: bool) -> httpx.Response:
-        """``request``'s answer (its headers, when ``stream``); a request the upstream
-        dropped unanswered is sent once more, on a new connection."""
+        """``request``'s answer (its headers, when ``stream``); sent once more, on a new
+        connection, when the first try failed through no fault of the upstream's."""
+        started = time.monotonic()
         try:
             return await self._client.send(request, stream=stream)
         except (httpx.HTTPError, aiohttp.ClientError) as exc:
-            if not _dropped_unanswered(exc):
+            why = _not_the_upstreams_fault(exc, time.monotonic() - started, self.spec)
+            if why is None:
                 raise
             log.info(
-                "upstream dropped the connection before answering; sending once more",
+                "%s; sending once more",
+                why,
                 extra={"deployment": self.state.name, "error": repr(exc.__cause__ or exc)},
             )
             return await self._client.send(request, stream=stream)
@@ -229,6 +243,23 @@ def _client(spec: OpenAIDeploymentSpec) -> httpx.AsyncClient:
         timeout=timeout,
         transport=AiohttpTransport(limits=limits),
     )
+
+
+def _not_the_upstreams_fault(
+    error: httpx.HTTPError | aiohttp.ClientError, took_s: float, spec: OpenAIDeploymentSpec
+) -> str | None:
+    """Why a failed send says nothing about the upstream, or None when it may."""
+    if _dropped_unanswered(error):
+        return "upstream dropped the connection before answering"
+    late_s = took_s - spec.connect_timeout_s
+    timed_out = isinstance(error, httpx.ConnectTimeout) and (
+        error.__cause__ is None or isinstance(error.__cause__, TimeoutError)
+    )  # httpx-aiohttp reports a refused connect as ConnectTimeout too
+    if timed_out and late_s >= STALL_FRACTION * spec.connect_timeout_s:
+        # asyncio runs a due timer before the task a finished connect wakes: a loop that
+        # stalled past the deadline times out connects the kernel had long completed.
+        return f"the gateway's event loop stalled: its connect timer fired {late_s:.1f} s late"
+    return None
 
 
 def _dropped_unanswered(error: httpx.HTTPError | aiohttp.ClientError) -> bool:

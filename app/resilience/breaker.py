@@ -225,6 +225,17 @@ class EngineBreaker:
             return BreakerPermit(self, self._epoch, trial=True)
         return BreakerPermit(self, self._epoch, trial=False)
 
+    def allow_trial(self, min_open_s: float = 0.0) -> bool:
+        """Let the next request be the half-open trial now instead of after the reset
+        timeout, once open for ``min_open_s``: for a caller that has other evidence the
+        engine answers again (a remote deployment's passing health check). True if it did."""
+        now = self._clock.now()
+        if self.retry_after() == 0 or now - self._opened_at < min_open_s:
+            return False
+        self._opened_at = now - self._breaker.reset_timeout
+        logger.info("circuit breaker %s: a trial request may go now", self._breaker.name)
+        return True
+
     def stats(self) -> BreakerStats:
         return BreakerStats(
             state=self.state,

@@ -284,6 +284,42 @@ def test_a_request_dropped_unanswered_is_sent_once_more_on_a_new_connection(
         loop_thread.loop.call_soon_threadsafe(hop.close)  # servers belong to their loop
 
 
+def test_an_open_breaker_tries_again_once_health_checks_pass(
+    loop_thread: LoopThread,
+    engine: EngineManager,
+    broken: tuple[RunningServer, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """A sole remote deployment answers 500 until its breaker opens: clients get 503 with
+    Retry-After. Once it answers again, a passing health check lets the breaker's trial
+    go: served again within about a check interval, not after the 30 s reset timeout."""
+    upstream, mode = broken
+    mode["how"] = "error500"
+    spec = {"name": "flaky", "kind": "openai", "base_url": f"{upstream.url}/v1"}
+    spec["health"] = {"interval_s": 0.3}
+    document = {
+        "models": [
+            {"id": "m", "deployments": [spec], "context_length": 1024, "tokenizer": str(MODEL_DIR)}
+        ]
+    }
+    settings = with_models(tmp_path / "m.yaml", document)
+    assert settings.resilience.breaker_reset_timeout_s == 30
+    with gateway(loop_thread, engine, settings) as srv:
+        body = {"model": "m", "prompt": "hi", "max_tokens": 2}
+
+        def post() -> httpx.Response:
+            return httpx.post(srv.url + "/v1/completions", json=body, timeout=30)
+
+        while deployment(srv.url, "flaky")["breaker"]["state"] != "open":
+            assert post().status_code == 503
+        refused = post()
+        assert refused.status_code == 503 and "retry-after" in refused.headers
+        mode["how"] = "ok"
+        back = wait_until(lambda: post().status_code == 200, 5, "served again")
+        assert deployment(srv.url, "flaky")["breaker"]["state"] == "closed"
+    print(f"\nre-admitted by a health check {back:.2f}s after the upstream recovered")
+
+
 def test_a_broken_deployment_is_routed_around(
     loop_thread: LoopThread,
     engine: EngineManager,

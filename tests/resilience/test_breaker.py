@@ -117,6 +117,23 @@ def test_failed_trial_reopens_for_a_full_reset_timeout() -> None:
     assert breaker.stats().opened_total == 2
 
 
+def test_allow_trial_lets_the_trial_go_early_once_open_long_enough() -> None:
+    """Other evidence of health (a passing check) ends the wait early, but not before
+    ``min_open_s``, and not for a closed breaker; the trial then decides as usual."""
+    clock = ManualClock()
+    breaker = EngineBreaker(fail_max=3, reset_timeout_s=30.0, clock=clock)
+    assert not breaker.allow_trial()  # closed: nothing to allow
+    breaker = tripped(clock)
+    clock.advance(1.0)
+    assert not breaker.allow_trial(min_open_s=5.0) and breaker.retry_after() == 29.0
+    clock.advance(4.0)
+    assert breaker.allow_trial(min_open_s=5.0) and breaker.retry_after() == 0
+    trial = breaker.admit()
+    assert trial.trial and breaker.state == HALF_OPEN
+    trial.record_failure(TimeoutError())
+    assert breaker.state == OPEN and breaker.retry_after() == pytest.approx(30.0)
+
+
 def test_trial_ending_without_verdict_frees_the_trial_for_another_request() -> None:
     """A cancelled or client-error trial leaves the breaker half-open for the next request."""
     clock = ManualClock()

@@ -1,0 +1,124 @@
+"""``OpenAIDeployment`` against a real upstream on loopback (uvicorn on the test's own loop):
+which failed sends it tries once more, and how its health checks re-admit an open breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from app.deployments.base import DeploymentState, UpstreamError, UpstreamTimeoutError
+from app.deployments.openai import OpenAIDeployment
+from app.engine.protocol import Job, SamplingOptions, TokenPrompt
+from app.resilience.breaker import EngineBreaker
+from app.routing.catalog import OpenAIDeploymentSpec
+from tests.support.upstreams import broken_upstream
+
+
+@contextlib.asynccontextmanager
+async def upstream(how: str) -> AsyncIterator[str]:
+    """``broken_upstream`` answering as ``how``, served on this loop; its base URL."""
+    listening = socket.socket()  # bound before serving: connects queue until it accepts
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    server = uvicorn.Server(uvicorn.Config(broken_upstream({"how": how}), log_level="warning"))
+    serving = asyncio.create_task(server.serve(sockets=[listening]))
+    try:
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        await serving
+        listening.close()
+
+
+def remote(base_url: str, **fields: Any) -> OpenAIDeployment:
+    spec = OpenAIDeploymentSpec(name="remote", kind="openai", base_url=base_url, **fields)
+    breaker = EngineBreaker(fail_max=2, reset_timeout_s=60, name="remote")
+    return OpenAIDeployment(DeploymentState("remote", "m", "openai", breaker), spec)
+
+
+def job() -> Job:
+    return Job("req-1", TokenPrompt([1, 2]), [1, 2], SamplingOptions(max_tokens=2), priority=5)
+
+
+async def text_of(deployment: OpenAIDeployment) -> str:
+    return "".join([c.text async for step in deployment.generate(job()) for c in step.choices])
+
+
+def test_a_connect_timed_out_by_the_gateways_own_stall_is_sent_once_more(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The loop stalls (a starved CPU) with a connect pending: the connect timer fires 0.7 s
+    late, although the kernel had connected. Not the upstream's fault: sent once more, and
+    answered."""
+
+    async def scenario() -> str:
+        async with upstream("ok") as url:
+            deployment = remote(url, connect_timeout_s=0.3)
+            answer = asyncio.create_task(text_of(deployment))
+            asyncio.get_running_loop().call_soon(time.sleep, 1.0)  # once the connect is issued
+            try:
+                return await answer
+            finally:
+                await deployment.stop()
+
+    with caplog.at_level("INFO", logger="app.deployments.openai"):
+        assert asyncio.run(scenario()) == "hi"
+    assert "event loop stalled" in caplog.text
+
+
+def test_a_connect_that_times_out_on_time_is_the_upstreams_and_not_sent_again() -> None:
+    """An upstream whose accept queue is full (it takes no new connection): the connect
+    times out on time, which is the upstream's failure: one try, 504-class error."""
+
+    async def scenario() -> float:
+        with socket.socket() as full:
+            full.bind(("127.0.0.1", 0))
+            full.listen(0)
+            port = full.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port)):  # fills the queue
+                deployment = remote(f"http://127.0.0.1:{port}/v1", connect_timeout_s=0.3)
+                started = time.monotonic()
+                try:
+                    with pytest.raises(UpstreamTimeoutError):
+                        await text_of(deployment)
+                    return time.monotonic() - started
+                finally:
+                    await deployment.stop()
+
+    took = asyncio.run(scenario())
+    assert 0.3 <= took < 0.55  # one connect timeout, not two
+
+
+def test_a_passing_health_check_lets_an_open_breaker_try_at_once() -> None:
+    """Failures open the breaker (reset timeout 60 s); the upstream answers its health
+    check again: after one check interval the next request is the trial, and its success
+    closes the breaker. A check before an interval has passed changes nothing."""
+
+    async def scenario() -> None:
+        async with upstream("ok") as url:
+            deployment = remote(url, health={"interval_s": 0.2})
+            breaker = deployment.state.breaker
+            try:
+                for _ in range(2):
+                    breaker.admit().record_failure(UpstreamError("boom"))
+                assert breaker.state == "open" and not deployment.state.available()
+                assert await deployment.check_health()
+                assert breaker.retry_after() > 50  # opened just now: no trial yet
+                await asyncio.sleep(0.25)
+                assert await deployment.check_health()
+                assert deployment.state.available()
+                with breaker.admit() as permit:
+                    assert permit.trial
+                    assert await text_of(deployment) == "hi"
+                assert breaker.state == "closed"
+            finally:
+                await deployment.stop()
+
+    asyncio.run(scenario())
