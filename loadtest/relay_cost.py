@@ -43,7 +43,7 @@ MODEL = "tiny-llama"
 # -- the scripted upstream (run as ``python -m loadtest.relay_cost upstream PORT TOKENS``) --
 
 
-def upstream_app(tokens: int) -> object:
+def upstream_app(tokens: int, gap_s: float = 0.0) -> object:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -64,7 +64,7 @@ def upstream_app(tokens: int) -> object:
                 "usage": None,
             }  # fmt: skip
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-            await asyncio.sleep(0)  # one chunk per write, as an engine's steps come
+            await asyncio.sleep(gap_s)  # one chunk per write, as an engine's steps come
         usage = {"prompt_tokens": 16, "completion_tokens": max_tokens, "total_tokens": 0}
         done = {"id": "cmpl-relay", "object": "text_completion", "created": created,
                 "model": MODEL, "choices": [], "usage": usage}  # fmt: skip
@@ -92,10 +92,10 @@ def upstream_app(tokens: int) -> object:
     )
 
 
-def serve_upstream(port: int, tokens: int) -> None:
+def serve_upstream(port: int, tokens: int, gap_s: float) -> None:
     import uvicorn
 
-    uvicorn.run(upstream_app(tokens), host="127.0.0.1", port=port, log_level="warning")  # type: ignore[arg-type]
+    uvicorn.run(upstream_app(tokens, gap_s), host="127.0.0.1", port=port, log_level="warning")  # type: ignore[arg-type]
 
 
 # -- the client ----------------------------------------------------------------------------
@@ -199,13 +199,20 @@ def models_file(directory: Path, upstream_url: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["upstream"]:
-        serve_upstream(int(argv[1]), int(argv[2]))
+        serve_upstream(int(argv[1]), int(argv[2]), float(argv[3]))
         return 0
     parser = argparse.ArgumentParser(prog="python -m loadtest.relay_cost", description=__doc__)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--tokens", type=int, default=128, help="chunks per request")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="the upstream's pause between chunks: at an engine's pace (~10 ms at "
+        "concurrency 64 here) each chunk arrives alone and costs the relay a read of its own",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy the gateway into DIR/relay.txt")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
@@ -220,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_port = free_port()
     upstream = ServerProcess(
         "upstream",
-        [sys.executable, "-m", "loadtest.relay_cost", "upstream", str(up_port), str(args.tokens)],
+        [sys.executable, "-m", "loadtest.relay_cost", "upstream", str(up_port), str(args.tokens),
+         str(args.gap_ms / 1000)],
         up_port, "/health", work / "upstream.log",
     )  # fmt: skip
     features = {k: v.replace("{api_key}", API_KEY) for k, v in AUTH_ON_LIMITS_UNBOUND_ENV.items()}
