@@ -50,6 +50,15 @@ log = logging.getLogger(__name__)
 Runner = Literal["generate", "pooling"]
 
 
+# exec() clears the AMX permission (see allow_amx_tiles): a spawned core would die on its
+# first bf16 request, so it is refused at start-up instead.
+SPAWN_WITHOUT_AMX = (
+    "ENGINE_START_METHOD=spawn cannot run bf16 on this CPU: vLLM uses AMX for bf16 here, and "
+    "a spawned engine core may not (it dies with SIGILL); use fork (the default) or "
+    "DTYPE=float32"
+)
+
+
 class EngineManager:
     """Builds, serves and shuts down one ``AsyncLLM``: a generation engine, or with
     ``runner="pooling"`` an embedding one (vLLM converts a causal LM to an embedder)."""
@@ -74,7 +83,8 @@ class EngineManager:
 
     async def start(self) -> None:
         """Build the engine in a worker thread; raises if the model cannot be loaded, or
-        ``ValueError`` if ``TOOL_CALL_PARSER`` names no parser or one that does not fit it."""
+        ``ValueError`` if ``TOOL_CALL_PARSER`` names no parser or one that does not fit it,
+        or for :data:`SPAWN_WITHOUT_AMX`."""
         parser = self._settings.tool_call_parser if self.runner == "generate" else None
         if parser is not None:
             await asyncio.to_thread(tool_parser_class, parser)  # a typo fails before the load
@@ -124,8 +134,11 @@ class EngineManager:
         if kv_bytes is not None:
             config.cache_config.kv_cache_memory_bytes = kv_bytes
         if device.kind == "cpu":
-            allow_amx_tiles()  # before the core is forked: it inherits the permission
-            use_start_method(self._settings.engine_start_method)
+            amx = allow_amx_tiles()  # before the core is forked: it inherits the permission
+            method = self._settings.engine_start_method
+            if amx and method == "spawn" and str(config.model_config.dtype) == "torch.bfloat16":
+                raise ValueError(SPAWN_WITHOUT_AMX)
+            use_start_method(method)
         began = time.perf_counter()
         engine = AsyncLLM.from_vllm_config(
             config, stat_loggers=[self._progress_logger], enable_log_requests=False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import platform
@@ -10,10 +11,15 @@ import pytest
 import torch
 
 from app.engine.device import allow_amx_tiles
+from app.engine.manager import SPAWN_WITHOUT_AMX, EngineManager
+from tests.conftest import make_settings
 
 SYS_ARCH_PRCTL = 158  # x86-64
 ARCH_GET_XCOMP_PERM = 0x1022
 XFEATURE_XTILEDATA = 18
+
+
+AMX = platform.machine() == "x86_64" and torch.cpu._is_amx_tile_supported()
 
 
 def xcomp_permitted() -> int:
@@ -24,10 +30,7 @@ def xcomp_permitted() -> int:
     return mask.value
 
 
-@pytest.mark.skipif(
-    platform.machine() != "x86_64" or not torch.cpu._is_amx_tile_supported(),
-    reason="no AMX on this CPU",
-)
+@pytest.mark.skipif(not AMX, reason="no AMX on this CPU")
 def test_a_core_forked_after_asking_may_use_amx_tiles() -> None:
     """Without the permission an AMX instruction is SIGILL (vLLM's bf16 attention kernel
     killed the forked engine core on its first request); with it, a forked child has it."""
@@ -41,5 +44,16 @@ def test_a_core_forked_after_asking_may_use_amx_tiles() -> None:
 
 def test_nothing_is_asked_for_where_there_is_no_amx() -> None:
     """On a CPU without AMX (or not x86) it is a no-op that says so."""
-    supported = platform.machine() == "x86_64" and torch.cpu._is_amx_tile_supported()
-    assert allow_amx_tiles() is supported
+    assert allow_amx_tiles() is AMX
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not AMX, reason="no AMX on this CPU")
+def test_a_spawned_core_that_would_need_amx_is_refused_at_start_up() -> None:
+    """exec() clears the permission: a spawned core would die on its first bf16 request,
+    so the engine refuses to start, saying why and what to use instead."""
+    settings = make_settings().engine
+    settings.engine_start_method, settings.dtype = "spawn", "bfloat16"
+    with pytest.raises(ValueError, match="ENGINE_START_METHOD=spawn") as refused:
+        asyncio.run(EngineManager(settings).start())
+    assert str(refused.value) == SPAWN_WITHOUT_AMX
