@@ -12,14 +12,15 @@ or dropped connections, 5xx and 429 are retryable on another deployment (a 429's
 ``Retry-After`` also cools this one down); other 4xx are the client's; an answer that is
 not the protocol (garbage JSON, a stream cut before ``[DONE]``) is 502; a stream silent for
 ``timeout_s`` is 504. Active health checks run in the background: ``failures`` failed
-checks in a row eject the deployment, one success re-admits it; a check that passes while
-the breaker has been open for an interval lets the breaker's trial request go at once (a
-sole deployment is not refused for the whole reset timeout after a burst of failures).
+checks in a row eject the deployment, one success re-admits it; a check begun after the
+breaker opened that passes lets the breaker's trial request go at once (a sole deployment
+is not refused for the whole reset timeout after a burst of failures).
 
 A request is sent once more, on a new connection, when the failure was not the upstream's:
 it dropped the connection unanswered (a pooled connection it was closing), or the connect
-timer fired well past its time, because the gateway's own event loop stalled (a starved
-CPU) while the connect was pending.
+timed out while the gateway's own event loop stalled (a starved CPU; measured by
+:mod:`app.resilience.loop_stall`). Stalled out twice, the request is a 503 "overloaded"
+that the deployment's breaker does not count.
 """
 
 from __future__ import annotations
@@ -53,13 +54,15 @@ from app.deployments.wire import (
 )
 from app.engine.protocol import ChoiceDelta, EmbeddingJob, EngineStep, Job
 from app.errors import GatewayError
+from app.resilience.errors import OverloadedError
+from app.resilience.loop_stall import LoopStallMonitor
 from app.routing.catalog import OpenAIDeploymentSpec
 
 log = logging.getLogger(__name__)
 ERROR_BODY_BYTES = 16 * 1024  # of an upstream's error answer, read to tell the client why
-# A connect timer this late (as a fraction of the timeout) fired after a stall of the
-# gateway's own loop; timers fire within milliseconds of their time on a responsive one.
-STALL_FRACTION = 0.25
+# A connect timeout is the gateway's own when its loop stalled for this much of the wait
+# (the upstream had less than half the time it was given).
+STALL_FRACTION = 0.5
 
 
 class OpenAIDeployment:
@@ -72,6 +75,7 @@ class OpenAIDeployment:
         self._client = _client(spec)
         self._checks: asyncio.Task[None] | None = None
         self._failed_checks = 0
+        self._stalls: LoopStallMonitor | None = None
 
     @property
     def ready(self) -> bool:
@@ -88,6 +92,7 @@ class OpenAIDeployment:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._stalls = LoopStallMonitor.acquire()
         await self.check_health()
         self._checks = asyncio.create_task(self._check_forever(), name=f"health-{self.state.name}")
 
@@ -95,10 +100,14 @@ class OpenAIDeployment:
         if self._checks is not None:
             self._checks.cancel()
             await asyncio.gather(self._checks, return_exceptions=True)
+        if self._stalls is not None:
+            self._stalls.release()
+            self._stalls = None
         await self._client.aclose()
 
     async def check_health(self) -> bool:
         health = self.spec.health
+        began = self.state.breaker.now()
         try:
             response = await self._client.get(
                 _root(self.spec.base_url) + health.path, timeout=health.timeout_s
@@ -115,8 +124,8 @@ class OpenAIDeployment:
                 extra={"deployment": self.state.name},
             )
         self.state.healthy = healthy
-        if ok:  # it answers: an open breaker need not wait out its reset timeout
-            self.state.breaker.allow_trial(min_open_s=health.interval_s)
+        if ok:  # it answers, since the breaker opened: no need to wait out the reset timeout
+            self.state.breaker.allow_trial(evidence_since=began)
         return ok
 
     async def _check_forever(self) -> None:
@@ -167,20 +176,47 @@ class OpenAIDeployment:
 
     async def _send(self, request: httpx.Request, stream: bool) -> httpx.Response:
         """``request``'s answer (its headers, when ``stream``); sent once more, on a new
-        connection, when the first try failed through no fault of the upstream's."""
-        started = time.monotonic()
-        try:
-            return await self._client.send(request, stream=stream)
-        except (httpx.HTTPError, aiohttp.ClientError) as exc:
-            why = _not_the_upstreams_fault(exc, time.monotonic() - started, self.spec)
-            if why is None:
-                raise
-            log.info(
-                "%s; sending once more",
-                why,
-                extra={"deployment": self.state.name, "error": repr(exc.__cause__ or exc)},
-            )
-            return await self._client.send(request, stream=stream)
+        connection, when the first try failed through no fault of the upstream's. A connect
+        timed out by the gateway's own stall twice is the gateway's overload (a 503 the
+        breaker does not count), not the deployment's failure."""
+        for last_try in (False, True):
+            mark = self._mark()
+            try:
+                return await self._client.send(request, stream=stream)
+            except (httpx.HTTPError, aiohttp.ClientError) as exc:
+                stalled_s = self._stalled_since(mark)
+                stalled = _timed_out_by_stall(exc, stalled_s, self.spec.connect_timeout_s)
+                if last_try and stalled:
+                    raise OverloadedError(
+                        f"The gateway is overloaded: its event loop stalled {stalled_s:.1f} s "
+                        f"while connecting to deployment {self.state.name}.",
+                        retry_after=1.0,
+                    ) from exc
+                if last_try or not (stalled or _dropped_unanswered(exc)):
+                    raise
+                why = (
+                    f"the gateway's event loop stalled {stalled_s:.1f} s while connecting"
+                    if stalled
+                    else "upstream dropped the connection before answering"
+                )
+                log.info(
+                    "%s; sending once more",
+                    why,
+                    extra={"deployment": self.state.name, "error": repr(exc.__cause__ or exc)},
+                )
+        raise AssertionError("unreachable")
+
+    def _mark(self) -> tuple[float, float]:
+        stalls = self._stalls.stalled_s() if self._stalls is not None else 0.0
+        return time.monotonic(), stalls
+
+    def _stalled_since(self, mark: tuple[float, float]) -> float:
+        """Seconds of loop stall since ``mark``: the monitor's count, or at least how late
+        the connect timer fired (all a deployment that was never started can tell)."""
+        began, stalls = mark
+        late_s = time.monotonic() - began - self.spec.connect_timeout_s
+        counted = self._stalls.stalled_s() - stalls if self._stalls is not None else 0.0
+        return max(counted, late_s)
 
     async def _steps(
         self, response: httpx.Response, parse: Callable[[dict[str, Any]], EngineStep]
@@ -245,21 +281,17 @@ def _client(spec: OpenAIDeploymentSpec) -> httpx.AsyncClient:
     )
 
 
-def _not_the_upstreams_fault(
-    error: httpx.HTTPError | aiohttp.ClientError, took_s: float, spec: OpenAIDeploymentSpec
-) -> str | None:
-    """Why a failed send says nothing about the upstream, or None when it may."""
-    if _dropped_unanswered(error):
-        return "upstream dropped the connection before answering"
-    late_s = took_s - spec.connect_timeout_s
+def _timed_out_by_stall(
+    error: httpx.HTTPError | aiohttp.ClientError, stalled_s: float, timeout_s: float
+) -> bool:
+    """A connect timeout while the gateway's loop stalled for ``STALL_FRACTION`` of it.
+
+    asyncio runs a due timer before the task a finished connect wakes, so a loop held up
+    past the deadline times out connects the kernel completed long before."""
     timed_out = isinstance(error, httpx.ConnectTimeout) and (
         error.__cause__ is None or isinstance(error.__cause__, TimeoutError)
     )  # httpx-aiohttp reports a refused connect as ConnectTimeout too
-    if timed_out and late_s >= STALL_FRACTION * spec.connect_timeout_s:
-        # asyncio runs a due timer before the task a finished connect wakes: a loop that
-        # stalled past the deadline times out connects the kernel had long completed.
-        return f"the gateway's event loop stalled: its connect timer fired {late_s:.1f} s late"
-    return None
+    return timed_out and stalled_s >= STALL_FRACTION * timeout_s
 
 
 def _dropped_unanswered(error: httpx.HTTPError | aiohttp.ClientError) -> bool:

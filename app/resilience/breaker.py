@@ -170,6 +170,7 @@ class EngineBreaker:
         self._epoch = 0
         self._opened_at = 0.0
         self._trial_out = False
+        self._trial_done = asyncio.Event()  # set when the trial in flight ends
         self._opened_total = 0
         self._rejected_total = 0
         self._breaker = pybreaker.CircuitBreaker(
@@ -222,19 +223,30 @@ class EngineBreaker:
             if self._trial_out:
                 raise self._unavailable(self._trial_retry_after_s)
             self._trial_out = True
+            self._trial_done = asyncio.Event()
             return BreakerPermit(self, self._epoch, trial=True)
         return BreakerPermit(self, self._epoch, trial=False)
 
-    def allow_trial(self, min_open_s: float = 0.0) -> bool:
+    def now(self) -> float:
+        """The time on this breaker's clock (for :meth:`allow_trial`'s evidence)."""
+        return self._clock.now()
+
+    def allow_trial(self, evidence_since: float) -> bool:
         """Let the next request be the half-open trial now instead of after the reset
-        timeout, once open for ``min_open_s``: for a caller that has other evidence the
-        engine answers again (a remote deployment's passing health check). True if it did."""
-        now = self._clock.now()
-        if self.retry_after() == 0 or now - self._opened_at < min_open_s:
+        timeout, if the breaker opened before ``evidence_since``: for a caller with newer
+        evidence that the engine answers again (a remote deployment's health check that
+        began then and passed). True if it did."""
+        if self.retry_after() == 0 or self._opened_at > evidence_since:
             return False
-        self._opened_at = now - self._breaker.reset_timeout
+        self._opened_at = self._clock.now() - self._breaker.reset_timeout
         logger.info("circuit breaker %s: a trial request may go now", self._breaker.name)
         return True
+
+    async def trial_settled(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the half-open trial in flight to end."""
+        if self._trial_out and timeout_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._trial_done.wait(), timeout_s)
 
     def stats(self) -> BreakerStats:
         return BreakerStats(
@@ -265,6 +277,7 @@ class EngineBreaker:
             return  # admitted before the latest transition: says nothing about this state
         if permit.trial:
             self._trial_out = False
+            self._trial_done.set()
         if not verdict or (exc is not None and self._exclude(exc)):
             return
         if exc is None:
@@ -275,6 +288,8 @@ class EngineBreaker:
 
     def _on_transition(self, previous: str, current: str) -> None:
         self._epoch += 1
+        if current != HALF_OPEN:
+            self._trial_done.set()  # whatever trial was out, its state has been decided
         if current == OPEN:
             self._opened_at = self._clock.now()
             self._opened_total += 1

@@ -19,6 +19,7 @@ from app.deployments.base import Deployment, UpstreamError
 from app.engine.protocol import EngineStep, Job
 from app.errors import ContextLengthExceededError, EngineUnavailableError, GatewayError
 from app.observability.context import note_request
+from app.resilience.breaker import HALF_OPEN
 from app.routing.router import ModelRoute, Router
 from app.services.endpoint import Chunk, Endpoint, JobResult, R, Reply, StreamFormatter
 from app.services.formatting import ChoiceResult, ResponseHead
@@ -29,6 +30,7 @@ from app.services.streams import OpenStream, merge_streams
 
 log = logging.getLogger(__name__)
 NO_DEPLOYMENT_RETRY_S = 5.0
+TRIAL_WAIT_S = 5.0  # longest wait for a half-open breaker's trial before passing it over
 P = TypeVar("P")
 T = TypeVar("T")
 
@@ -211,7 +213,7 @@ async def first_answer(
     attempts = attempts[: router.catalog.routing.max_attempts]
     for candidate, deployment in attempts:
         work = prepare(candidate)
-        permit = _breaker_permit(deployment) if work is not None else None
+        permit = await _breaker_permit(deployment, lease) if work is not None else None
         if work is None or permit is None:
             continue
         lease.use(deployment, permit)
@@ -231,11 +233,20 @@ async def first_answer(
     raise last or _none_available(route, attempts)
 
 
-def _breaker_permit(deployment: Deployment) -> Any:
-    try:
-        return deployment.state.breaker.admit()
-    except EngineUnavailableError:
-        return None  # open, or its half-open trial is taken: not this one
+async def _breaker_permit(deployment: Deployment, lease: RequestLease) -> Any:
+    """The deployment's breaker permit, or None: open, or its half-open trial is taken and
+    did not end within ``TRIAL_WAIT_S`` (a trial in flight is waited for: its verdict comes
+    in well under a second, where refusing would turn a recovering deployment's every
+    request into a 503)."""
+    breaker = deployment.state.breaker
+    for last_try in (False, True):
+        try:
+            return breaker.admit()
+        except EngineUnavailableError:
+            if last_try or breaker.state != HALF_OPEN:
+                return None
+            await breaker.trial_settled(min(TRIAL_WAIT_S, lease.deadline.remaining()))
+    return None
 
 
 def _hint_ready_in(error: GatewayError, deployment: Deployment) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,8 @@ import uvicorn
 from app.deployments.base import DeploymentState, UpstreamError, UpstreamTimeoutError
 from app.deployments.openai import OpenAIDeployment
 from app.engine.protocol import Job, SamplingOptions, TokenPrompt
-from app.resilience.breaker import EngineBreaker
+from app.resilience.breaker import EngineBreaker, is_client_error
+from app.resilience.errors import OverloadedError
 from app.routing.catalog import OpenAIDeploymentSpec
 from tests.support.upstreams import broken_upstream
 
@@ -73,6 +75,42 @@ def test_a_connect_timed_out_by_the_gateways_own_stall_is_sent_once_more(
     assert "event loop stalled" in caplog.text
 
 
+def test_stalled_out_twice_is_the_gateways_overload_which_the_breaker_does_not_count() -> None:
+    """The loop stalls at the first connect and again at the second: a 503 ``overloaded``
+    with Retry-After, which the deployment's breaker takes as neutral (not its failure)."""
+
+    class StallAgain(logging.Handler):  # the second stall, as the request is sent again
+        def emit(self, record: logging.LogRecord) -> None:
+            if "sending once more" in record.getMessage():
+                asyncio.get_running_loop().call_soon(time.sleep, 1.0)
+
+    async def scenario() -> OverloadedError:
+        async with upstream("ok") as url:
+            deployment = remote(url, connect_timeout_s=0.3, keepalive_s=0.05)
+            await deployment.start()  # its loop-stall monitor runs from here
+            await asyncio.sleep(0.2)  # the health check's connection is closed: a new connect
+            answer = asyncio.create_task(text_of(deployment))
+            asyncio.get_running_loop().call_soon(time.sleep, 1.0)
+            try:
+                with pytest.raises(OverloadedError) as refused:
+                    await answer
+                return refused.value
+            finally:
+                await deployment.stop()
+
+    handler, logger = StallAgain(), logging.getLogger("app.deployments.openai")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        error = asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert error.status == 503 and error.code == "overloaded" and error.retry_after == 1.0
+    assert "event loop stalled" in error.message
+    assert is_client_error(error)  # neutral to the breaker
+
+
 def test_a_connect_that_times_out_on_time_is_the_upstreams_and_not_sent_again() -> None:
     """An upstream whose accept queue is full (it takes no new connection): the connect
     times out on time, which is the upstream's failure: one try, 504-class error."""
@@ -97,21 +135,18 @@ def test_a_connect_that_times_out_on_time_is_the_upstreams_and_not_sent_again() 
 
 
 def test_a_passing_health_check_lets_an_open_breaker_try_at_once() -> None:
-    """Failures open the breaker (reset timeout 60 s); the upstream answers its health
-    check again: after one check interval the next request is the trial, and its success
-    closes the breaker. A check before an interval has passed changes nothing."""
+    """Failures open the breaker (reset timeout 60 s); the upstream answers a health check
+    begun after that: the next request is the trial, and its success closes the breaker."""
 
     async def scenario() -> None:
         async with upstream("ok") as url:
-            deployment = remote(url, health={"interval_s": 0.2})
+            deployment = remote(url)
             breaker = deployment.state.breaker
             try:
                 for _ in range(2):
                     breaker.admit().record_failure(UpstreamError("boom"))
                 assert breaker.state == "open" and not deployment.state.available()
-                assert await deployment.check_health()
-                assert breaker.retry_after() > 50  # opened just now: no trial yet
-                await asyncio.sleep(0.25)
+                assert breaker.retry_after() > 50
                 assert await deployment.check_health()
                 assert deployment.state.available()
                 with breaker.admit() as permit:

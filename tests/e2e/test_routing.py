@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,43 @@ def test_an_open_breaker_tries_again_once_health_checks_pass(
         back = wait_until(lambda: post().status_code == 200, 5, "served again")
         assert deployment(srv.url, "flaky")["breaker"]["state"] == "closed"
     print(f"\nre-admitted by a health check {back:.2f}s after the upstream recovered")
+
+
+def test_requests_wait_for_a_trial_in_flight_instead_of_failing(
+    loop_thread: LoopThread,
+    engine: EngineManager,
+    broken: tuple[RunningServer, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """A sole deployment recovering: its breaker's trial request is in flight (a slow
+    answer, 0.5 s) as four more arrive. They wait for the trial's verdict and are served,
+    rather than being refused with 503 while it runs."""
+    upstream, mode = broken
+    mode["how"] = "error500"
+    spec = {"name": "flaky", "kind": "openai", "base_url": f"{upstream.url}/v1"}
+    spec["health"] = {"interval_s": 0.2}
+    document = {
+        "models": [
+            {"id": "m", "deployments": [spec], "context_length": 1024, "tokenizer": str(MODEL_DIR)}
+        ]
+    }
+    with gateway(loop_thread, engine, with_models(tmp_path / "m.yaml", document)) as srv:
+        body = {"model": "m", "prompt": "hi", "max_tokens": 2}
+
+        def post() -> httpx.Response:
+            return httpx.post(srv.url + "/v1/completions", json=body, timeout=30)
+
+        while deployment(srv.url, "flaky")["breaker"]["state"] != "open":
+            assert post().status_code == 503
+        mode["how"] = "slow"
+        wait_until(lambda: deployment(srv.url, "flaky")["status"] != "down", 5, "trial allowed")
+        with ThreadPoolExecutor(5) as pool:
+            trial = pool.submit(post)
+            time.sleep(0.2)  # the trial is in flight
+            others = [pool.submit(post) for _ in range(4)]
+            statuses = [f.result().status_code for f in [trial, *others]]
+        assert statuses == [200] * 5
+        assert deployment(srv.url, "flaky")["breaker"]["state"] == "closed"
 
 
 def test_a_broken_deployment_is_routed_around(

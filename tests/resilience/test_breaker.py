@@ -117,21 +117,43 @@ def test_failed_trial_reopens_for_a_full_reset_timeout() -> None:
     assert breaker.stats().opened_total == 2
 
 
-def test_allow_trial_lets_the_trial_go_early_once_open_long_enough() -> None:
-    """Other evidence of health (a passing check) ends the wait early, but not before
-    ``min_open_s``, and not for a closed breaker; the trial then decides as usual."""
+def test_allow_trial_lets_the_trial_go_early_on_evidence_newer_than_the_opening() -> None:
+    """Evidence of health gathered since the breaker opened (a check begun after) ends the
+    wait early; older evidence does not, nor does any for a closed breaker; the trial then
+    decides as usual."""
     clock = ManualClock()
     breaker = EngineBreaker(fail_max=3, reset_timeout_s=30.0, clock=clock)
-    assert not breaker.allow_trial()  # closed: nothing to allow
+    assert not breaker.allow_trial(evidence_since=clock.now())  # closed: nothing to allow
+    before = clock.now()
+    clock.advance(1.0)
     breaker = tripped(clock)
     clock.advance(1.0)
-    assert not breaker.allow_trial(min_open_s=5.0) and breaker.retry_after() == 29.0
-    clock.advance(4.0)
-    assert breaker.allow_trial(min_open_s=5.0) and breaker.retry_after() == 0
+    assert not breaker.allow_trial(evidence_since=before) and breaker.retry_after() == 29.0
+    assert breaker.allow_trial(evidence_since=breaker.now()) and breaker.retry_after() == 0
     trial = breaker.admit()
     assert trial.trial and breaker.state == HALF_OPEN
     trial.record_failure(TimeoutError())
     assert breaker.state == OPEN and breaker.retry_after() == pytest.approx(30.0)
+
+
+def test_a_request_can_wait_for_the_trial_in_flight() -> None:
+    """While the half-open trial is out, ``trial_settled`` returns when it ends (at once
+    when no trial is out, and after ``timeout_s`` at most)."""
+
+    async def scenario() -> None:
+        clock = ManualClock()
+        breaker = tripped(clock)
+        clock.advance(30.0)
+        trial = breaker.admit()
+        waiter = asyncio.create_task(breaker.trial_settled(5.0))
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        trial.record_success()
+        await asyncio.wait_for(waiter, 1.0)
+        assert breaker.state == CLOSED and not breaker.admit().trial
+        await asyncio.wait_for(breaker.trial_settled(5.0), 0.1)  # none out: no wait
+
+    asyncio.run(scenario())
 
 
 def test_trial_ending_without_verdict_frees_the_trial_for_another_request() -> None:

@@ -45,7 +45,8 @@ def broken_upstream(mode: dict[str, str]) -> Starlette:
     (a 200 stream whose event is not JSON), ``hang`` (headers, then silence), ``cut`` (a
     stream cut mid-event), ``error500``, ``busy429`` (429 with Retry-After), ``html200``
     (a 200 that is not an event stream at all), ``partial`` (three good chunks, without
-    token ids, then the connection drops); ``ok`` answers well (two tokens, ``[DONE]``).
+    token ids, then the connection drops); ``ok`` answers well (two tokens, ``[DONE]``), and
+    ``slow`` the same after half a second.
     ``/health`` answers 200."""
 
     async def completions(request: Request) -> Response:
@@ -69,7 +70,9 @@ def broken_upstream(mode: dict[str, str]) -> Starlette:
 
 
 async def _events(how: str):  # type: ignore[no-untyped-def]
-    if how == "ok":
+    if how == "slow":
+        await asyncio.sleep(0.5)
+    if how in ("ok", "slow"):
         for token, finish in ((104, None), (105, "length")):
             choice = {"index": 0, "text": chr(token), "token_ids": [token], "finish_reason": finish}
             yield b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
