@@ -7,7 +7,10 @@ one workload measured up to 2-3x apart in engine CPU time from run to run. So, w
 two CPUs, :class:`CpuPlan` puts the API process and the client on the last CPU, the same way
 for both servers, and leaves the engine core where vLLM put it (free to use every CPU: it
 also runs socket and serialisation threads). Shutting the engine out of the front end's CPU
-as well was measured and rejected: it made concurrency 1 and 8 slower for both servers.
+as well was measured and rejected for the engine benchmark: it made concurrency 1 and 8
+slower for both servers. The proxy benchmark does shut it out (``pin_engine``): there the
+front-end CPU holds a third process, the gateway, and an engine core scheduled onto it
+starved all three for seconds at a time (see docs/benchmarks.md, "Proxy").
 
 :class:`CpuMeter` reads the CPU seconds the API process and the engine core used over one
 concurrency level, which the report turns into "API process CPU per 1k output tokens":
@@ -29,9 +32,12 @@ ENGINE_CORE_NAMES = ("VLLM::EngineCor", "EngineCore")
 
 @dataclass(frozen=True)
 class CpuPlan:
-    """The CPUs the API process and the client share; the engine core is left alone."""
+    """The CPUs the API process and the client share; the engine core is left alone, or
+    with ``pin_engine`` kept on the other CPUs (where vLLM binds the model's threads)."""
 
     frontend: frozenset[int]
+    engine: frozenset[int] = frozenset()
+    pin_engine: bool = False
 
     @classmethod
     def split(cls, cpus: Iterable[int] | None = None) -> CpuPlan | None:
@@ -39,20 +45,29 @@ class CpuPlan:
         available = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
         if len(available) < 2:
             return None
-        return cls(frozenset(available[-1:]))
+        return cls(frozenset(available[-1:]), frozenset(available[:-1]))
 
     def describe(self) -> str:
+        engine = (
+            f"engine core pinned to CPU {_cpu_list(self.engine)} (with the model's threads)"
+            if self.pin_engine
+            else "engine core placed by vLLM"
+        )
         return (
             f"API process and benchmark client pinned to CPU {_cpu_list(self.frontend)}; "
-            "engine core placed by vLLM"
+            f"{engine}"
         )
 
     def pin_server(self, pid: int) -> None:
         """Pin a started server's processes to ``frontend``, except its engine core and
         the engine's own children (the model-running worker), every thread of each (a
-        thread keeps the mask it started with)."""
+        thread keeps the mask it started with); with ``pin_engine``, the engine core
+        process to ``engine`` (its children are bound by vLLM already)."""
         for process in frontend_processes(pid):
             _pin_all_threads(process.pid, self.frontend)
+        if self.pin_engine:
+            for core in engine_cores(pid):
+                _pin_all_threads(core, self.engine)
 
     def client_preexec(self) -> Callable[[], None]:
         """A ``preexec_fn`` that puts a client process on the front-end CPUs."""
@@ -71,6 +86,13 @@ def frontend_processes(pid: int) -> list[psutil.Process]:
     server = psutil.Process(pid)
     engine = set(_engine_tree(server))
     return [p for p in [server, *server.children(recursive=True)] if p.pid not in engine]
+
+
+def engine_cores(pid: int) -> list[int]:
+    """Pids of the server's engine-core processes (not their workers)."""
+    with contextlib.suppress(psutil.Error):
+        return [c.pid for c in psutil.Process(pid).children(recursive=True) if is_engine_core(c)]
+    return []
 
 
 def _engine_tree(server: psutil.Process) -> list[int]:

@@ -6,12 +6,13 @@ to vLLM) and proxied (the client talks to the gateway, which sends token ids to 
 streams back). Levels alternate between the two (direct then proxy, then the other order
 on the next repeat) so the machine's drift hits both alike. The gateway runs with every
 feature on (keys, limits, queue) as in the engine benchmark, and its API process shares
-the front-end CPU with vLLM's.
+the front-end CPU with vLLM's; vLLM's engine core is kept off that CPU (``pin_engine``).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,8 @@ def proxy_gateway(config: BenchConfig, vllm_url: str) -> ServerProcess:
 def run_proxy_benchmark(config: BenchConfig) -> dict[str, dict[int, dict[str, Any]]]:
     """Both paths, every level, ``config.repeats`` times; medians per path and level."""
     runs: Runs = {side: {level: [] for level in config.levels} for side in (DIRECT, PROXIED)}
+    if config.cpu_plan is not None:  # the engine core off the front-end CPU (pinning.py)
+        config.cpu_plan = replace(config.cpu_plan, pin_engine=True)
     vllm = vllm_server(config, free_port())
     if not start_and_warm(config, DIRECT, vllm):
         return {}

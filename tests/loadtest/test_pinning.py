@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import psutil
 import pytest
@@ -14,9 +15,13 @@ from loadtest.pinning import CpuMeter, CpuPlan, CpuSample, per_1k_tokens_ms
 
 def test_split_puts_the_front_end_on_the_last_cpu() -> None:
     plan = CpuPlan.split([0, 1, 2, 3])
-    assert plan == CpuPlan(frozenset({3}))
+    assert plan == CpuPlan(frozenset({3}), frozenset({0, 1, 2}))
     assert plan.describe() == (
         "API process and benchmark client pinned to CPU 3; engine core placed by vLLM"
+    )
+    assert replace(plan, pin_engine=True).describe() == (
+        "API process and benchmark client pinned to CPU 3; engine core pinned to CPU 0,1,2 "
+        "(with the model's threads)"
     )
     assert CpuPlan.split([5]) is None
 
@@ -61,8 +66,9 @@ def _affinity(pid: int) -> set[int]:
 )
 def test_pinning_moves_the_front_end_and_leaves_the_engine_tree_alone() -> None:
     """A real process tree shaped like a server: every thread of the API process goes to
-    the front-end CPU; the engine core and its worker keep their CPUs; the meter reads the
-    API process's CPU time."""
+    the front-end CPU; the engine core and its worker keep their CPUs (with ``pin_engine``
+    the core goes to the other CPUs, its worker is left to vLLM); the meter reads the API
+    process's CPU time."""
     plan = CpuPlan.split()
     assert plan is not None
     everything = _affinity(0)
@@ -77,6 +83,8 @@ def test_pinning_moves_the_front_end_and_leaves_the_engine_tree_alone() -> None:
         assert _affinity(engine_pid) == everything and _affinity(worker_pid) == everything
         sample = CpuMeter(server.pid).sample()
         assert sample.api_s >= 0.3 and sample.engine_s >= 0.0
+        replace(plan, pin_engine=True).pin_server(server.pid)  # the proxy benchmark's plan
+        assert _affinity(engine_pid) == set(plan.engine) and _affinity(worker_pid) == everything
     finally:
         for child in psutil.Process(server.pid).children(recursive=True):
             child.kill()
