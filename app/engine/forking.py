@@ -14,19 +14,26 @@ not keep, is undone in the child at once:
 - Python's signal wake-up fd: a signal sent to the core (vLLM stops it with SIGTERM) would
   otherwise be written to the gateway's event loop, which would take it as its own.
 
+Forks are also started one at a time (:func:`_serialize_fork_starts`): two engines started
+together must not inherit each other's process sentinel, or one's death goes unseen.
+
 The child runs only vLLM's engine core, which builds its own ZMQ context and sockets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.context
 import os
 import signal
 import socket
 import stat
+import threading
+from typing import Any
 
 START_METHODS = ("fork", "spawn")
 _hooked = False
+_FORKING = threading.Lock()
 
 
 def use_start_method(method: str) -> None:
@@ -43,7 +50,27 @@ def _hook_once() -> None:
     global _hooked
     if not _hooked:
         os.register_at_fork(after_in_child=_forget_parent_io)
+        _serialize_fork_starts()
         _hooked = True
+
+
+def _serialize_fork_starts() -> None:
+    """Start forked processes one at a time.
+
+    A fork start makes a pipe, forks, and closes the pipe's write end in the parent; the
+    child keeps it, and the parent learns of the child's death when the last write end
+    closes. Two engines started at once from two threads interleave: the second child is
+    forked while the parent still holds the first's write end, and keeps a copy of it. The
+    first core's death then went unnoticed (SIGKILL it: no "engine core exited", no restart,
+    requests routed to it hung), whenever it was the first of two that died.
+    """
+    original = multiprocessing.context.ForkProcess._Popen
+
+    def one_at_a_time(process_obj: Any) -> Any:
+        with _FORKING:
+            return original(process_obj)
+
+    multiprocessing.context.ForkProcess._Popen = staticmethod(one_at_a_time)  # type: ignore[method-assign]
 
 
 def _forget_parent_io() -> None:
