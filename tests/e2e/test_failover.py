@@ -81,7 +81,7 @@ def test_two_engines_in_one_process_both_serve(gateway: GatewayProcess) -> None:
 
 
 def _stream(url: str, out: dict[str, Any], streaming: threading.Barrier) -> None:
-    body = {"model": "tiny-llama", "messages": STORY, "max_tokens": 200, "stream": True}
+    body = {"model": "tiny-llama", "messages": STORY, "max_tokens": 100, "stream": True}
     body["ignore_eos"] = True
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
         out["deployment"] = response.headers.get("x-deployment")
