@@ -15,7 +15,7 @@ not keep, is undone in the child at once:
   otherwise be written to the gateway's event loop, which would take it as its own.
 
 Forks are also started one at a time (:func:`_serialize_fork_starts`): two engines started
-together must not inherit each other's process sentinel, or one's death goes unseen.
+together must not inherit each other's process sentinel, or one's death could go unseen.
 
 The child runs only vLLM's engine core, which builds its own ZMQ context and sockets.
 """
@@ -59,10 +59,10 @@ def _serialize_fork_starts() -> None:
 
     A fork start makes a pipe, forks, and closes the pipe's write end in the parent; the
     child keeps it, and the parent learns of the child's death when the last write end
-    closes. Two engines started at once from two threads interleave: the second child is
-    forked while the parent still holds the first's write end, and keeps a copy of it. The
-    first core's death then went unnoticed (SIGKILL it: no "engine core exited", no restart,
-    requests routed to it hung), whenever it was the first of two that died.
+    closes. Two engines started at once from two threads may interleave there: a second
+    child forked while the parent still holds the first's write end keeps a copy of it, and
+    the first core's death would go unseen. One SIGKILLed core of two did go unnoticed (no
+    "engine core exited", no restart); this race is the suspected cause, not a proven one.
     """
     original = multiprocessing.context.ForkProcess._Popen
 
