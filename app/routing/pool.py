@@ -20,6 +20,7 @@ from app.deployments.base import Deployment, DeploymentState
 from app.deployments.local import LocalDeployment
 from app.deployments.openai import OpenAIDeployment
 from app.engine.protocol import EngineClient
+from app.heap import freeze_startup_heap
 from app.observability.metrics import GatewayMetrics
 from app.resilience.breaker import BreakerTransition, EngineBreaker
 from app.routing.catalog import (
@@ -240,6 +241,8 @@ class DeploymentPool:
             log.critical("deployment failed to start: %s", exc, exc_info=exc)
             if on_fatal is not None and isinstance(deployment, LocalDeployment):
                 on_fatal(exc)
+        else:
+            freeze_startup_heap(after=f"deployment {deployment.state.name} started")
 
     def retire(self, deployments: list[Deployment]) -> None:
         """Stop ``deployments`` once their requests in flight are done."""
