@@ -1,11 +1,12 @@
-"""``OpenAIDeployment``: a remote OpenAI-compatible server, proxied with one pooled httpx
-client (HTTP keep-alive, no client per request).
+"""``OpenAIDeployment``: a remote OpenAI-compatible server, proxied with one pooled aiohttp
+session per deployment (HTTP keep-alive, no client per request).
 
-The client runs on aiohttp's transport (``httpx-aiohttp``) rather than httpx's own: its C
-parser costs less per streamed event than h11, and its reads return everything buffered,
-so a relay that falls behind takes several events per read and writes them to its client
-at once (see :mod:`app.deployments.sse`). ``python -m loadtest.relay_cost`` measures it.
-Proxy environment variables are not applied to upstream calls.
+aiohttp, not httpx: its C parser costs less per streamed event than h11, its reads return
+everything buffered (a relay that falls behind takes several events per read and writes
+them to its client at once, see :mod:`app.deployments.sse`), and read directly, without
+httpx's response iterators on top (which were measured at 12 ms of CPU per 1k relayed
+tokens, a fifth of the relay: ``python -m loadtest.relay_cost``). Proxy environment
+variables are not applied to upstream calls.
 
 Failures come back as the deployment's errors (see :mod:`app.deployments.base`): refused
 or dropped connections, 5xx and 429 are retryable on another deployment (a 429's
@@ -33,9 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 
 from app.deployments.base import (
     BadUpstreamError,
@@ -72,7 +71,17 @@ class OpenAIDeployment:
         self.state, self.spec = state, spec
         self.upstream_model = spec.model or state.model_id
         self.last_progress_at = time.monotonic()
-        self._client = _client(spec)
+        self._base_url = spec.base_url.rstrip("/")
+        self._headers = _headers(spec)
+        # A connect waits for a pooled slot and connects within ``timeout_s``; the connect
+        # itself has ``connect_timeout_s``; a stream may be silent for ``timeout_s``.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=spec.timeout_s + spec.connect_timeout_s,
+            sock_connect=spec.connect_timeout_s,
+            sock_read=spec.timeout_s,
+        )
+        self._session: aiohttp.ClientSession | None = None  # made on the loop, at first use
         self._checks: asyncio.Task[None] | None = None
         self._failed_checks = 0
         self._stalls: LoopStallMonitor | None = None
@@ -103,17 +112,34 @@ class OpenAIDeployment:
         if self._stalls is not None:
             self._stalls.release()
             self._stalls = None
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _pool(self) -> aiohttp.ClientSession:
+        """The deployment's one session (its connection pool), made on first use."""
+        if self._session is None or self._session.closed:
+            spec = self.spec
+            connector = aiohttp.TCPConnector(
+                limit=spec.max_connections, keepalive_timeout=spec.keepalive_s
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                timeout=self._timeout,
+                auto_decompress=False,
+            )
+        return self._session
 
     async def check_health(self) -> bool:
         health = self.spec.health
         began = self.state.breaker.now()
+        timeout = aiohttp.ClientTimeout(total=health.timeout_s)
         try:
-            response = await self._client.get(
-                _root(self.spec.base_url) + health.path, timeout=health.timeout_s
-            )
-            ok = response.is_success
-        except (httpx.HTTPError, aiohttp.ClientError):
+            async with self._pool().get(_root(self._base_url) + health.path, timeout=timeout) as r:
+                ok = 200 <= r.status < 300
+                await r.read()  # to the end: the connection goes back to the pool
+        except (aiohttp.ClientError, TimeoutError):
             ok = False
         self._failed_checks = 0 if ok else self._failed_checks + 1
         healthy = ok or self._failed_checks < health.failures
@@ -138,19 +164,18 @@ class OpenAIDeployment:
     async def generate(self, job: Job) -> AsyncIterator[EngineStep]:
         spec = self.spec
         path = completion_path(job, spec.send)
-        body = request_body(job, self.upstream_model, spec.send, spec.priority)
+        body = orjson.dumps(request_body(job, self.upstream_model, spec.send, spec.priority))
         parse = chat_step if path == "/chat/completions" else completion_step
-        request = self._client.build_request("POST", path, content=orjson.dumps(body))
         try:
-            response = await self._send(request, stream=True)
+            response = await self._send(path, body)
             try:
-                if response.status_code != 200:
+                if response.status != 200:
                     raise await self._refusal(response)
                 async for step in self._steps(response, parse):
                     yield step
             finally:
-                await response.aclose()
-        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+                response.release()  # back to the pool when read to its end; else closed
+        except aiohttp.ClientError as exc:
             raise _unreachable(exc, self.state.name) from exc
         except StreamCutError as exc:
             raise BadUpstreamError(f"Deployment {self.state.name} cut its stream: {exc}") from exc
@@ -158,32 +183,36 @@ class OpenAIDeployment:
     async def embed(self, jobs: list[EmbeddingJob]) -> list[list[float]]:
         """One ``POST /embeddings`` for every input: the gateway's token ids, or with
         ``send: request`` the texts (when every input is one)."""
-        body = embedding_body(jobs, self.upstream_model, self.spec.send)
-        request = self._client.build_request("POST", "/embeddings", content=orjson.dumps(body))
+        body = orjson.dumps(embedding_body(jobs, self.upstream_model, self.spec.send))
         try:
-            response = await self._send(request, stream=False)
-        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            response = await self._send("/embeddings", body)
+            try:
+                if response.status != 200:
+                    raise await self._refusal(response)
+                content = await response.read()
+            finally:
+                response.release()
+        except aiohttp.ClientError as exc:
             raise _unreachable(exc, self.state.name) from exc
-        if response.status_code != 200:
-            raise await self._refusal(response)
         self.last_progress_at = time.monotonic()
         try:
-            return embedding_vectors(_json(response.content, self.state.name), len(jobs))
+            return embedding_vectors(_json(content, self.state.name), len(jobs))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise BadUpstreamError(
                 f"Deployment {self.state.name} sent no embedding: {exc!r}"
             ) from exc
 
-    async def _send(self, request: httpx.Request, stream: bool) -> httpx.Response:
-        """``request``'s answer (its headers, when ``stream``); sent once more, on a new
-        connection, when the first try failed through no fault of the upstream's. A connect
-        timed out by the gateway's own stall twice is the gateway's overload (a 503 the
-        breaker does not count), not the deployment's failure."""
+    async def _send(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+        """The answer's head to ``POST path``; sent once more, on a new connection, when the
+        first try failed through no fault of the upstream's. A connect timed out by the
+        gateway's own stall twice is the gateway's overload (a 503 the breaker does not
+        count), not the deployment's failure."""
+        url = self._base_url + path
         for last_try in (False, True):
             mark = self._mark()
             try:
-                return await self._client.send(request, stream=stream)
-            except (httpx.HTTPError, aiohttp.ClientError) as exc:
+                return await self._pool().post(url, data=body)
+            except aiohttp.ClientError as exc:
                 stalled_s = self._stalled_since(mark)
                 stalled = _timed_out_by_stall(exc, stalled_s, self.spec.connect_timeout_s)
                 if last_try and stalled:
@@ -202,7 +231,7 @@ class OpenAIDeployment:
                 log.info(
                     "%s; sending once more",
                     why,
-                    extra={"deployment": self.state.name, "error": repr(exc.__cause__ or exc)},
+                    extra={"deployment": self.state.name, "error": repr(exc)},
                 )
         raise AssertionError("unreachable")
 
@@ -219,13 +248,13 @@ class OpenAIDeployment:
         return max(counted, late_s)
 
     async def _steps(
-        self, response: httpx.Response, parse: Callable[[dict[str, Any]], EngineStep]
+        self, response: aiohttp.ClientResponse, parse: Callable[[dict[str, Any]], EngineStep]
     ) -> AsyncIterator[EngineStep]:
         """One step per read: the events a read brought, their deltas in order (a relay
         that falls behind writes them to its client at once; see :mod:`sse`)."""
         counted = 0
         name = self.state.name
-        async for batch in sse_batches(response.aiter_bytes()):
+        async for batch in sse_batches(response.content.iter_any()):
             self.last_progress_at = time.monotonic()
             choices: list[ChoiceDelta] = []
             finished = False
@@ -244,11 +273,11 @@ class OpenAIDeployment:
             if choices:
                 yield EngineStep(choices, finished)
 
-    async def _refusal(self, response: httpx.Response) -> GatewayError:
+    async def _refusal(self, response: aiohttp.ClientResponse) -> GatewayError:
         raw = await _read_some(response)
-        message = _error_message(raw) or f"HTTP {response.status_code}"
-        where = f"Deployment {self.state.name} answered {response.status_code}: {message}"
-        status = response.status_code
+        message = _error_message(raw) or f"HTTP {response.status}"
+        where = f"Deployment {self.state.name} answered {response.status}: {message}"
+        status = response.status
         if status == 429 or status >= 500:
             retry = _retry_after(response)
             if status == 429:
@@ -263,58 +292,37 @@ class OpenAIDeployment:
         return {**self.state.describe(), "base_url": self.spec.base_url, "send": self.spec.send}
 
 
-def _client(spec: OpenAIDeploymentSpec) -> httpx.AsyncClient:
+def _headers(spec: OpenAIDeploymentSpec) -> dict[str, str]:
     key = spec.api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     headers["Content-Type"] = "application/json"
-    timeout = httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s)
-    limits = httpx.Limits(
-        max_connections=spec.max_connections,
-        max_keepalive_connections=spec.max_connections,
-        keepalive_expiry=spec.keepalive_s,
-    )
-    return httpx.AsyncClient(
-        base_url=spec.base_url,
-        headers=headers,
-        timeout=timeout,
-        transport=AiohttpTransport(limits=limits),
-    )
+    return headers
 
 
-def _timed_out_by_stall(
-    error: httpx.HTTPError | aiohttp.ClientError, stalled_s: float, timeout_s: float
-) -> bool:
+def _timed_out_by_stall(error: aiohttp.ClientError, stalled_s: float, timeout_s: float) -> bool:
     """A connect timeout while the gateway's loop stalled for ``STALL_FRACTION`` of it.
 
     asyncio runs a due timer before the task a finished connect wakes, so a loop held up
     past the deadline times out connects the kernel completed long before."""
-    timed_out = isinstance(error, httpx.ConnectTimeout) and (
-        error.__cause__ is None or isinstance(error.__cause__, TimeoutError)
-    )  # httpx-aiohttp reports a refused connect as ConnectTimeout too
+    timed_out = isinstance(error, aiohttp.ConnectionTimeoutError)
     return timed_out and stalled_s >= STALL_FRACTION * timeout_s
 
 
-def _dropped_unanswered(error: httpx.HTTPError | aiohttp.ClientError) -> bool:
+def _dropped_unanswered(error: aiohttp.ClientError) -> bool:
     """The upstream closed the connection before any answer (a pooled one it was closing as
     it was reused: "Server disconnected", or the request could not be written). Sent once
     more, on a new connection; a refused connection is not this, it fails over."""
-    cause = error.__cause__ or error
-    if isinstance(cause, aiohttp.ClientConnectorError):  # connect() failed: refused, no route
+    if isinstance(error, aiohttp.ClientConnectorError):  # connect() failed: refused, no route
         return False
-    return isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError))
+    return isinstance(error, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError))
 
 
-def _unreachable(error: httpx.HTTPError | aiohttp.ClientError, name: str) -> UpstreamError:
-    """A timeout (connect, read, pool) is 504; any other transport failure (refused, reset,
-    dropped mid-stream) is unreachable. Judged by aiohttp's own error where there is one:
-    httpx-aiohttp maps every connection error, a refused one too, to ``ConnectTimeout``."""
-    cause = error.__cause__
-    timed_out = isinstance(error, httpx.TimeoutException) and (
-        cause is None or isinstance(cause, TimeoutError)
-    )
-    if timed_out:
+def _unreachable(error: aiohttp.ClientError, name: str) -> UpstreamError:
+    """A timeout (connect, read, a pooled slot) is 504; any other transport failure
+    (refused, reset, dropped mid-stream) is unreachable."""
+    if isinstance(error, aiohttp.ServerTimeoutError):
         return UpstreamTimeoutError(f"Deployment {name} timed out: {error!r}")
-    return UpstreamError(f"Deployment {name} is unreachable: {cause or error!r}")
+    return UpstreamError(f"Deployment {name} is unreachable: {error!r}")
 
 
 def _root(base_url: str) -> str:
@@ -337,14 +345,15 @@ def _stream_error(error: Any, name: str) -> UpstreamError:
     return UpstreamError(f"Deployment {name} failed mid-stream: {message}")
 
 
-async def _read_some(response: httpx.Response) -> bytes:
+async def _read_some(response: aiohttp.ClientResponse) -> bytes:
     raw = b""
-    with contextlib.suppress(httpx.HTTPError):
-        async for chunk in response.aiter_raw():
-            raw += chunk
-            if len(raw) >= ERROR_BODY_BYTES:
+    with contextlib.suppress(aiohttp.ClientError):
+        while len(raw) < ERROR_BODY_BYTES:
+            chunk = await response.content.read(ERROR_BODY_BYTES - len(raw))
+            if not chunk:
                 break
-    return raw[:ERROR_BODY_BYTES]
+            raw += chunk
+    return raw
 
 
 def _error_message(raw: bytes) -> str | None:
@@ -358,7 +367,7 @@ def _error_message(raw: bytes) -> str | None:
     return None
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     millis = response.headers.get("retry-after-ms")
     seconds = response.headers.get("retry-after")
     try:
