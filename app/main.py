@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp
 
 from app.api import admin, chat, completions, embeddings, health, models, observability, simple
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.error_handlers import install_error_handlers
+from app.api.fast_lane import GatewayApp
 from app.api.http import install_openapi
 from app.auth.keys import KeyStore
 from app.auth.ratelimit import RateLimiter
@@ -49,6 +51,8 @@ REQUEST_MODELS = (
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SimpleGenerateRequest,
 )  # fmt: skip
 DEFAULT_DEPLOYMENT = "local"
+# An ASGI middleware and its options, as ``app.add_middleware`` takes them.
+Middleware = list[tuple[Callable[..., ASGIApp], dict[str, Any]]]
 
 
 def create_app(
@@ -70,7 +74,7 @@ def create_app(
         given.setdefault(DEFAULT_DEPLOYMENT, engine)
     state = build_state(settings, metrics, given)
     docs = _docs_enabled(settings)
-    app = FastAPI(
+    app = GatewayApp(
         title="LLM Gateway",
         version=VERSION,
         lifespan=_lifespan(state, on_fatal),
@@ -80,14 +84,27 @@ def create_app(
     )
     app.state.gateway = state
     _install_routes(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
-    app.add_middleware(
-        RequestContextMiddleware,
-        metrics=metrics,
-        log_prompts=settings.observability.log_prompts,
-        default_model=lambda: state.registry.router.default.id,
-    )
+    outer: Middleware = [  # innermost first
+        (BodyLimitMiddleware, {"max_bytes": settings.server.max_body_bytes}),
+        (
+            RequestContextMiddleware,
+            {
+                "metrics": metrics,
+                "log_prompts": settings.observability.log_prompts,
+                "default_model": lambda: state.registry.router.default.id,
+            },
+        ),
+    ]
+    for middleware, options in outer:
+        app.add_middleware(middleware, **options)
+    app.open_fast_lanes(lambda inner: _wrapped(inner, outer))
     return app
+
+
+def _wrapped(inner: ASGIApp, middleware: Middleware) -> ASGIApp:
+    for wrapper, options in middleware:
+        inner = wrapper(inner, **options)
+    return inner
 
 
 def build_state(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from app.api.fast_lane import pipeline_endpoint
 from app.api.http import STREAMING_RESPONSES, json_body
 from app.api.pipeline_response import PipelineResponse
 from app.deps import PipelineDep
@@ -20,6 +21,7 @@ CHAT = ChatEndpoint()
     responses=STREAMING_RESPONSES,
     openapi_extra=json_body(ChatCompletionRequest),
 )
+@pipeline_endpoint
 async def chat_completions(pipeline: PipelineDep) -> Response:
     """OpenAI chat completions, streaming (SSE) or not, with function tools."""
     return PipelineResponse(pipeline.runner(CHAT))

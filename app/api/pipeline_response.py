@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -29,10 +30,12 @@ from starlette.types import Message, Receive, Scope, Send
 from app.api import sse
 from app.api.errors import error_body
 from app.errors import ClientDisconnectedError, GatewayError, GatewayTimeoutError
+from app.observability.context import record_error
 from app.resilience.deadline import DeadlineGuard
 from app.services.endpoint import Chunk, Reply
 from app.services.pipeline import Inbound, PipelineRun
 
+log = logging.getLogger(__name__)
 # The final error event and [DONE] after a failure: the reader is given this long.
 FINAL_WRITE_S = 2.0
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -67,6 +70,15 @@ class PipelineResponse(Response):
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # we cancelled it, for a client that left: nothing to report
+        except Exception as exc:
+            if channel.started:
+                raise  # mid-response: the server closes the connection
+            # A bug, not the client's doing: the framework's last resort, answered here
+            # (the fast lane has no ServerErrorMiddleware around it).
+            log.exception("unhandled error", exc_info=exc)
+            error = GatewayError("The server had an error processing your request.")
+            record_error(error)
+            await channel.send_error(error)
         finally:
             await channel.close()
 
@@ -121,6 +133,7 @@ class HttpChannel:
         self._headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
         self._watcher: asyncio.Task[None] | None = None
         self.disconnected = False
+        self.started = False
 
     def header(self, name: str) -> str | None:
         value = self._headers.get(name)
@@ -152,6 +165,7 @@ class HttpChannel:
 
     async def start(self, status: int, base: list[tuple[bytes, bytes]], extra: dict[str, str]):
         headers = base + [(k.lower().encode(), v.encode("latin-1")) for k, v in extra.items()]
+        self.started = True
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def write(self, body: bytes, guard: DeadlineGuard) -> None:
