@@ -32,6 +32,7 @@ from app.observability.alerts import AlertEvaluator
 from app.observability.health import HealthReporter, device_component
 from app.observability.metrics import GatewayMetrics
 from app.observability.middleware import RequestContextMiddleware
+from app.resilience.loop_stall import LoopStallMonitor
 from app.resilience.queue import PriorityAdmission
 from app.routing.catalog import default_catalog
 from app.routing.health import deployments_component
@@ -212,10 +213,12 @@ def _lifespan(state: GatewayState, on_fatal: FatalHandler | None):
             watcher = KeyFileWatcher(state.keys, auth.api_keys_file, auth.api_keys_reload_s)
             tasks.append(_task(watcher.run(), "api-keys-reload"))
         hangup = _on_sighup(registry.request_reload)
+        unwatch = _watch_loop_stalls(state.metrics)
         try:
             yield
         finally:
             hangup()
+            unwatch()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -225,6 +228,20 @@ def _lifespan(state: GatewayState, on_fatal: FatalHandler | None):
             await registry.pool.stop()
 
     return lifespan
+
+
+def _watch_loop_stalls(metrics: GatewayMetrics) -> Callable[[], None]:
+    """``gateway_event_loop_stall_seconds_total`` from this loop's stall monitor (the one
+    remote deployments consult), counted from now; returns what stops it."""
+    stalls = LoopStallMonitor.acquire()
+    since = stalls.stalled_s()
+    unhook = metrics.on_collect(lambda: metrics.set_loop_stall(stalls.stalled_s() - since))
+
+    def stop() -> None:
+        unhook()
+        stalls.release()
+
+    return stop
 
 
 def _task(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:

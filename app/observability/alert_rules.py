@@ -119,6 +119,12 @@ def kv_cache_near_full(w: Window, s: ObservabilitySettings) -> Reading:
     return _above(usage, s.alert_kv_cache_usage)
 
 
+def loop_stalled(w: Window, s: ObservabilitySettings) -> Reading:
+    stalled = w.increase("gateway_event_loop_stall_seconds_total")
+    share = stalled / w.seconds if stalled is not None and w.seconds > 0 else None
+    return _above(share, s.alert_loop_stall_ratio)
+
+
 def no_traffic(w: Window, s: ObservabilitySettings) -> Reading:
     requests = w.increase(REQUESTS)
     engine_up = max(w.gauges("gateway_engine_up"), default=0.0) == 1
@@ -171,6 +177,10 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
     AlertRule("GatewayKVCacheNearFull", "warning", 10 * MINUTE, 0,
               "vLLM's KV cache is nearly full: requests queue and get preempted.",
               "alert_kv_cache_usage", ("vllm:kv_cache_usage_perc",), kv_cache_near_full),
+    AlertRule("GatewayEventLoopStalled", "warning", 10 * MINUTE, 5 * MINUTE,
+              "The event loop is often unable to run: the replica is short of CPU.",
+              "alert_loop_stall_ratio", ("gateway_event_loop_stall_seconds_total",),
+              loop_stalled),
     AlertRule("GatewayNoTraffic", "warning", 10 * MINUTE, 10 * MINUTE,
               "The engine is up but no request has arrived.",
               "", (REQUESTS, "gateway_engine_up"), no_traffic),

@@ -168,6 +168,13 @@ class GatewayMetrics:
         self.engine_restarts = Counter(
             "gateway_engine_restarts", "Engine restarts after a failure.", registry=r
         )
+        self.loop_stall = Counter(
+            "gateway_event_loop_stall_seconds",
+            "Time the gateway's event loop could run nothing (a starved CPU, a blocking "
+            "call): beyond 20 ms late on a 50 ms tick.",
+            registry=r,
+        )
+        self._loop_stall_seen = 0.0
 
     def _define_deployment_metrics(self, r: CollectorRegistry) -> None:
         # Labels come from the catalogue (model ids, deployment names): bounded by it.
@@ -241,13 +248,15 @@ class GatewayMetrics:
 
     # -- gauges read on demand --------------------------------------------------------------
 
-    def on_collect(self, hook: Callable[[], None]) -> None:
+    def on_collect(self, hook: Callable[[], None]) -> Callable[[], None]:
         """Run ``hook`` before every ``/metrics`` render and alert evaluation.
 
         For state that is cheaper to read than to track (queue depth from
-        ``PriorityAdmission.stats()``). A failing hook is logged and skipped.
+        ``PriorityAdmission.stats()``). A failing hook is logged and skipped. Returns
+        what removes it again.
         """
         self._hooks.append(hook)
+        return lambda: self._hooks.remove(hook)
 
     def refresh(self) -> None:
         """Run the :meth:`on_collect` hooks."""
@@ -324,6 +333,12 @@ class GatewayMetrics:
         self.deployment_requests.labels(model, deployment, outcome).inc()
         if duration_s is not None:
             self.deployment_duration.labels(deployment).observe(duration_s)
+
+    def set_loop_stall(self, total_s: float) -> None:
+        """The loop-stall monitor's running total (read on collect): counted as it grows."""
+        if total_s > self._loop_stall_seen:
+            self.loop_stall.inc(total_s - self._loop_stall_seen)
+            self._loop_stall_seen = total_s
 
     def set_engine_up(self, up: bool) -> None:
         self.engine_up.set(1 if up else 0)

@@ -44,6 +44,9 @@ class ObservabilitySettings(BaseSettings):
     alert_rate_limited_ratio: float = Field(default=0.25, gt=0, le=1)
     alert_kv_cache_usage: float = Field(default=0.95, gt=0, le=1)
     alert_engine_restarts: int = Field(default=3, ge=1, description="Restarts in 30 min.")
+    alert_loop_stall_ratio: float = Field(
+        default=0.1, gt=0, le=1, description="Share of 5 min the event loop may stall."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -152,6 +152,25 @@ def test_shedding_rate_limits_and_restarts() -> None:
     assert {"GatewayRequestsShed", "GatewayRateLimitSurge", "GatewayEngineRestarting"} <= firing
 
 
+def test_a_loop_stalled_a_fifth_of_the_time_fires_and_brief_stalls_do_not() -> None:
+    """12 s of stall a minute (20 %) for 15 minutes fires GatewayEventLoopStalled; 3 s a
+    minute (5 %, under the 10 % threshold) does not."""
+
+    def stalling(per_minute_s: float) -> set[str]:
+        h = Harness()
+        total = [0.0]
+
+        def stall() -> None:
+            h.requests("200", 5)
+            total[0] += per_minute_s / 4  # a step is 15 s
+            h.metrics.set_loop_stall(total[0])
+
+        return h.run(15, each_step=stall)
+
+    assert "GatewayEventLoopStalled" in stalling(12.0)
+    assert "GatewayEventLoopStalled" not in stalling(3.0)
+
+
 def test_no_traffic_fires_only_while_the_engine_is_up() -> None:
     """Twenty quiet minutes with the engine up fire; with the engine down they do not."""
     up = Harness()
