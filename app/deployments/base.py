@@ -24,6 +24,8 @@ from app.errors import GatewayError
 from app.resilience.breaker import EngineBreaker
 from app.resilience.stats import Ewma
 
+UPSTREAM_RETRY_AFTER_S = 1.0
+
 
 class UpstreamError(GatewayError):
     """A deployment failed in a way the gateway may route around (before the first byte).
@@ -36,6 +38,13 @@ class UpstreamError(GatewayError):
     type = "service_unavailable"
     default_code = "deployment_unavailable"
     retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **fields: Any):
+        # Every deployment failed the request: a client may well be answered a moment later
+        # (another replica, a restarted upstream), so it always gets a Retry-After — the
+        # upstream's own when it sent one.
+        hint = UPSTREAM_RETRY_AFTER_S if retry_after is None else retry_after
+        super().__init__(message, retry_after=hint, **fields)
 
 
 class BadUpstreamError(UpstreamError):

@@ -157,3 +157,23 @@ def test_a_passing_health_check_lets_an_open_breaker_try_at_once() -> None:
                 await deployment.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_upstream_5xx_without_retry_after_still_tells_the_client_when_to_retry() -> None:
+    """A 500 with no Retry-After: the deployment's error (what the client gets when no other
+    deployment is left) carries Retry-After 1; a 429's own hint is kept."""
+
+    async def refusal(how: str) -> UpstreamError:
+        async with upstream(how) as url:
+            deployment = remote(url)
+            try:
+                with pytest.raises(UpstreamError) as refused:
+                    await text_of(deployment)
+                return refused.value
+            finally:
+                await deployment.stop()
+
+    error = asyncio.run(refusal("error500"))
+    assert error.status == 503 and error.headers()["Retry-After"] == "1"
+    busy = asyncio.run(refusal("busy429"))
+    assert busy.retry_after == 7.0 and busy.headers()["Retry-After"] == "7"
