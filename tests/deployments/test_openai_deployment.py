@@ -14,9 +14,14 @@ from typing import Any
 import pytest
 import uvicorn
 
-from app.deployments.base import DeploymentState, UpstreamError, UpstreamTimeoutError
+from app.deployments.base import (
+    BadUpstreamError,
+    DeploymentState,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from app.deployments.openai import OpenAIDeployment
-from app.engine.protocol import Job, SamplingOptions, TokenPrompt
+from app.engine.protocol import EmbeddingJob, Job, SamplingOptions, TokenPrompt
 from app.resilience.breaker import EngineBreaker, is_client_error
 from app.resilience.errors import OverloadedError
 from app.routing.catalog import OpenAIDeploymentSpec
@@ -177,3 +182,28 @@ def test_an_upstream_5xx_without_retry_after_still_tells_the_client_when_to_retr
     assert error.status == 503 and error.headers()["Retry-After"] == "1"
     busy = asyncio.run(refusal("busy429"))
     assert busy.retry_after == 7.0 and busy.headers()["Retry-After"] == "7"
+
+
+def test_embeddings_come_back_in_input_order_and_bad_answers_are_the_upstreams() -> None:
+    """One ``POST /embeddings`` for every input (the gateway's token ids): vectors in input
+    order whatever order the upstream lists them in; a 200 that is not JSON is a 502, a
+    500 a retryable 503."""
+    jobs = [
+        EmbeddingJob(f"e-{i}", TokenPrompt(ids), ids, None, 5)
+        for i, ids in enumerate(([7, 8, 9], [4], [1, 2]))
+    ]
+
+    async def embed(how: str) -> list[list[float]]:
+        async with upstream(how) as url:
+            deployment = remote(url)
+            try:
+                return await deployment.embed(jobs)
+            finally:
+                await deployment.stop()
+
+    assert asyncio.run(embed("ok")) == [[3.0, 7.0], [1.0, 4.0], [2.0, 1.0]]
+    with pytest.raises(BadUpstreamError):
+        asyncio.run(embed("garbage"))
+    with pytest.raises(UpstreamError) as failed:
+        asyncio.run(embed("error500"))
+    assert failed.value.status == 503 and failed.value.retryable

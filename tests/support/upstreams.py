@@ -57,6 +57,21 @@ def broken_upstream(mode: dict[str, str]) -> Starlette:
             return JSONResponse({"error": {"message": "slow down"}}, 429, {"Retry-After": "7"})
         return StreamingResponse(_events(how), media_type="text/event-stream")
 
+    async def embeddings(request: Request) -> Response:
+        """``ok``: one vector per input, ``[len(tokens), first token]``, listed last input
+        first (the ``index`` says which); ``garbage``: a 200 that is not JSON."""
+        how = mode["how"]
+        if how in ("error500", "busy429"):
+            return await completions(request)
+        if how == "garbage":
+            return Response(b"{not json", media_type="application/json")
+        inputs = (await request.json())["input"]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(ids)), float(ids[0])]}
+            for i, ids in enumerate(inputs)
+        ]
+        return JSONResponse({"object": "list", "data": data[::-1], "model": "m"})
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -64,6 +79,7 @@ def broken_upstream(mode: dict[str, str]) -> Starlette:
         routes=[
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/health", health),
         ]
     )
