@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from app.api.errors import error_response
+from app.api.errors import as_gateway_error, error_response
 from app.errors import GatewayError, NotFoundError, RouteError
 from app.observability.context import record_error
 from app.services.parsing import validation_error
-
-log = logging.getLogger(__name__)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -43,5 +39,4 @@ async def _http_error(_: Request, exc: HTTPException) -> Response:
 
 
 async def _unexpected_error(_: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(GatewayError("The server had an error processing your request."))
+    return error_response(as_gateway_error(exc))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,14 +27,13 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api import sse
-from app.api.errors import error_body
+from app.api.errors import as_gateway_error, error_body
 from app.errors import ClientDisconnectedError, GatewayError, GatewayTimeoutError
 from app.observability.context import record_error
 from app.resilience.deadline import DeadlineGuard
 from app.services.endpoint import Chunk, Reply
 from app.services.pipeline import Inbound, PipelineRun
 
-log = logging.getLogger(__name__)
 # The final error event and [DONE] after a failure: the reader is given this long.
 FINAL_WRITE_S = 2.0
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -73,10 +71,9 @@ class PipelineResponse(Response):
         except Exception as exc:
             if channel.started:
                 raise  # mid-response: the server closes the connection
-            # A bug, not the client's doing: the framework's last resort, answered here
-            # (the fast lane has no ServerErrorMiddleware around it).
-            log.exception("unhandled error", exc_info=exc)
-            error = GatewayError("The server had an error processing your request.")
+            # Nothing answered it yet: the framework's last resort (its error handlers), here,
+            # since the fast lane has no middleware around it that would.
+            error = as_gateway_error(exc)
             record_error(error)
             await channel.send_error(error)
         finally:

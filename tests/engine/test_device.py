@@ -22,7 +22,7 @@ XFEATURE_XTILEDATA = 18
 AMX = platform.machine() == "x86_64" and torch.cpu._is_amx_tile_supported()
 # Why the AMX tests skip elsewhere, and what lifts it: the permission only exists on x86-64
 # CPUs with AMX tiles (Sapphire Rapids or newer); they run on any machine where torch
-# reports AMX, as this project's CI machine did on 2026-12-03.
+# reports AMX (a Xeon this project ran on did; an AMD EPYC without AMX skips them).
 NEEDS_AMX = pytest.mark.skipif(
     not AMX,
     reason="needs an x86-64 CPU with AMX tiles (the AMX permission exists only there); "
