@@ -494,10 +494,11 @@ def report_context(
         ],
         servers=[
             f"vLLM server: `python {vllm_cmd.replace('--port 0', '--port P')}`",
-            f"gateway: `{env_text} python -m app --port P` (same engine settings; features on: "
-            + (", ".join(sorted(config.gateway_env)) or "none configurable yet")
-            + ")",
-            _schedule_text(config),
+            *(
+                _proxy_servers_text(config)
+                if config.proxy
+                else _engine_servers_text(config, env_text)
+            ),
             "CPU placement: "
             + (
                 config.cpu_plan.describe()
@@ -508,6 +509,27 @@ def report_context(
         notes=[*MEASUREMENT_NOTES, *config.errors],
         plot_name=plot_name,
     )
+
+
+def _engine_servers_text(config: BenchConfig, env_text: str) -> list[str]:
+    return [
+        f"gateway: `{env_text} python -m app --port P` (same engine settings; features on: "
+        + (", ".join(sorted(config.gateway_env)) or "none configurable yet")
+        + ")",
+        _schedule_text(config),
+    ]
+
+
+def _proxy_servers_text(config: BenchConfig) -> list[str]:
+    env = " ".join(f"{k}={'<key>' if 'KEY' in k else v}" for k, v in config.gateway_env.items())
+    return [
+        f"gateway (proxy): `MODELS_FILE=proxy-models.yaml {env} python -m app --port P`, the "
+        "models file holding one model with one `kind: openai` deployment, vLLM's server above "
+        "(`send: tokens`, `max_connections: 512`); no engine of its own",
+        "one vLLM server up for the whole run, and the gateway in front of it; at every level "
+        "the client runs direct then through the gateway, back to back (the other order on "
+        "the next repeat)",
+    ]
 
 
 def _schedule_text(config: BenchConfig) -> str:

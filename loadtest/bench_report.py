@@ -68,14 +68,16 @@ def metric_value(result: Mapping[str, Any] | None, key: str) -> float | None:
 
 def combine_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Merge repeated runs of one server and level: the median of every compared metric over
-    the runs that completed requests, summed ``completed``/``failed``, the number of ``runs``
-    and each metric's ``spread`` as ``[min, max]``."""
+    the runs that completed requests, summed ``completed``/``failed``, the number of ``runs``,
+    each metric's ``spread`` as ``[min, max]`` and its ``per_run`` values in run order
+    (``None`` for a run that failed), which :func:`paired_ratios` pairs across servers."""
     good = [run for run in runs if run.get("completed")]
     combined: dict[str, Any] = {
         "completed": sum(int(run.get("completed") or 0) for run in runs),
         "failed": sum(int(run.get("failed") or 0) for run in runs),
         "runs": len(runs),
         "spread": {},
+        "per_run": {m.key: [metric_value(run, m.key) for run in runs] for m in METRICS},
     }
     for metric in METRICS:
         values = [v for v in (metric_value(run, metric.key) for run in good) if v is not None]
@@ -199,6 +201,72 @@ def ratio_table(rows: Sequence[ComparisonRow]) -> str:
     )
 
 
+# What the paired table shows: each round's gateway/vLLM ratio of a metric, or for TTFT at
+# low concurrency the difference in ms (the proxy target is "+3 ms", not a ratio).
+PAIRED_RATIOS = ("output_throughput", "p50_e2el_ms")
+PAIRED_DIFFERENCES = ("p50_ttft_ms",)
+TARGET_RATIO = 0.95  # the proxy target: >= 0.95x direct output tokens/s
+
+
+def paired_values(results: Results, key: str, level: int) -> list[tuple[float, float]]:
+    """(vLLM, gateway) per round at ``level``: the i-th run of each, where both completed.
+
+    Rounds are run back to back (the proxy run alternates the two at every level; the
+    engine run alternates whole blocks), so a pair shares the machine's load at that time,
+    which a median over each server's runs alone does not: on a shared machine the load
+    drifts by more than the differences measured."""
+    base = (results.get(BASELINE, {}).get(level) or {}).get("per_run", {}).get(key) or []
+    cand = (results.get(CANDIDATE, {}).get(level) or {}).get("per_run", {}).get(key) or []
+    return [(b, c) for b, c in zip(base, cand, strict=False) if b is not None and c is not None]
+
+
+def paired_ratios(results: Results, key: str, level: int) -> list[float]:
+    """Each round's gateway/vLLM ratio of ``key`` at ``level`` (see :func:`paired_values`)."""
+    return [c / b for b, c in paired_values(results, key, level) if b]
+
+
+def _median_range(values: Sequence[float], fmt: str) -> str:
+    if not values:
+        return "–"
+    text = fmt.format(statistics.median(values))
+    if len(values) > 1:
+        text += f" ({fmt.format(min(values))} to {fmt.format(max(values))})"
+    return text
+
+
+def paired_table(results: Results) -> str:
+    """One line per level: the median of the per-round ratios (and differences), their
+    range, and how many rounds reached :data:`TARGET_RATIO` in tokens/s."""
+    levels = sorted({c for per_level in results.values() for c in per_level})
+    labels = {m.key: m.label for m in METRICS}
+    headers = [
+        "concurrency",
+        "rounds",
+        *(f"{labels[k]}: gateway/vLLM" for k in PAIRED_RATIOS),
+        f"rounds ≥ {TARGET_RATIO:.2f}× tokens/s",
+        *(f"{labels[k]}: gateway − vLLM" for k in PAIRED_DIFFERENCES),
+    ]
+    rows = []
+    for level in levels:
+        tokens = paired_ratios(results, "output_throughput", level)
+        rows.append(
+            [
+                str(level),
+                str(len(tokens)),
+                *(
+                    _median_range(paired_ratios(results, k, level), "{:.2f}×")
+                    for k in PAIRED_RATIOS
+                ),
+                f"{sum(r >= TARGET_RATIO for r in tokens)} of {len(tokens)}",
+                *(
+                    _median_range([c - b for b, c in paired_values(results, k, level)], "{:+.1f}")
+                    for k in PAIRED_DIFFERENCES
+                ),
+            ]
+        )
+    return markdown_table(headers, rows)
+
+
 def failures_table(results: Results) -> str:
     """Completed/failed requests per server and level (a benchmark with failures is suspect)."""
     levels = sorted({c for per_level in results.values() for c in per_level})
@@ -244,6 +312,11 @@ def render_markdown(results: Results, context: ReportContext) -> str:
         "## Ratios (gateway / vLLM)",
         "Throughput ratios below 1.00× and latency ratios above 1.00× are the gateway's cost.",
         ratio_table(rows),
+        "### Paired by round",
+        "Each round runs both servers back to back, so a round's ratio compares them under "
+        "the same machine load; the median of those ratios, with their range (min to max), "
+        "is less moved by a shared machine's drift than the ratio of the two medians above.",
+        paired_table(results),
         "## Results",
         comparison_table(rows),
         failures_table(results),

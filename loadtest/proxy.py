@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 
 from loadtest.bench import (
-    GATEWAY_FEATURE_ENV,
     SERVED_NAME,
     BenchConfig,
     Runs,
@@ -56,7 +55,7 @@ def models_file(config: BenchConfig, vllm_url: str) -> Path:
 
 
 def proxy_gateway(config: BenchConfig, vllm_url: str) -> ServerProcess:
-    features = {k: v.replace("{api_key}", config.api_key) for k, v in GATEWAY_FEATURE_ENV.items()}
+    features = {k: v.replace("{api_key}", config.api_key) for k, v in config.gateway_env.items()}
     env = {**os.environ, **features, "MODELS_FILE": str(models_file(config, vllm_url))}
     port = free_port()
     return ServerProcess(
@@ -78,7 +77,9 @@ def run_proxy_benchmark(config: BenchConfig) -> dict[str, dict[int, dict[str, An
         if not start_and_warm(config, PROXIED, gateway):
             return {}
         assert gateway.proc is not None
-        meters = {DIRECT: None, PROXIED: CpuMeter(gateway.proc.pid)}
+        assert vllm.proc is not None
+        # Each side's front end: vLLM's API process direct, the gateway's proxied.
+        meters = {DIRECT: CpuMeter(vllm.proc.pid), PROXIED: CpuMeter(gateway.proc.pid)}
         urls = {DIRECT: vllm.base_url, PROXIED: gateway.base_url}
         for repeat in range(config.repeats):
             order = (DIRECT, PROXIED) if repeat % 2 == 0 else (PROXIED, DIRECT)
@@ -100,12 +101,12 @@ def _measure(
     url: str,
     level: int,
     repeat: int,
-    meter: CpuMeter | None,
+    meter: CpuMeter,
     runs: Runs,
 ) -> None:
-    before = meter.sample() if meter else None
+    before = meter.sample()
     result = _run_level(config, side, url, level, repeat)
-    if result is not None and meter is not None and before is not None:
+    if result is not None:
         tokens = int(result.get("total_output_tokens") or 0)
         result.update(per_1k_tokens_ms(before, meter.sample(), tokens))
     runs[side][level].append(result or {"completed": 0, "failed": config.prompts_for(level)})

@@ -262,3 +262,49 @@ def test_spread_shows_in_the_long_table(results: dict) -> None:
         br.compare({"vllm": {1: vllm}, "gateway": {1: results["gateway"][1]}})
     )
     assert "| 1 | output tokens/s | 278.0 ±8% | 204.8 | 0.74× |" in table
+
+
+def test_paired_ratios_pair_each_round_across_servers(results: dict) -> None:
+    """Round i of vLLM pairs with round i of the gateway; a failed round drops its pair.
+    The paired median can differ from the ratio of medians: here the machine slowed in
+    round 2 for both, which the pairs cancel and the medians do not."""
+    run = results["vllm"][1]
+    slow = {**run, "output_throughput": 100.0, "p50_ttft_ms": 40.0}
+    failed = results["gateway"][8]
+    vllm = br.combine_runs([run, slow, run])
+    gateway = br.combine_runs(
+        [
+            {**run, "output_throughput": 250.0, "p50_ttft_ms": run["p50_ttft_ms"] + 2},
+            {**slow, "output_throughput": 99.0, "p50_ttft_ms": 41.0},
+            failed,
+        ]
+    )
+    paired = {"vllm": {1: vllm}, "gateway": {1: gateway}}
+    ratios = br.paired_ratios(paired, "output_throughput", 1)
+    assert ratios == pytest.approx([250.0 / 256.0, 0.99])
+    table = br.paired_table(paired)
+    assert "| 1 | 2 | 0.98× (0.98× to 0.99×) |" in table
+    assert "| 2 of 2 | +1.5 (+1.0 to +2.0) |" in table
+
+
+def test_the_report_has_the_paired_table(results: dict) -> None:
+    combined = {s: {c: br.combine_runs([r]) for c, r in per.items()} for s, per in results.items()}
+    context = br.ReportContext("d", "cmd", [], [], [])
+    text = br.render_markdown(combined, context)
+    assert "### Paired by round" in text
+    assert "rounds ≥ 0.95× tokens/s" in text
+
+
+def test_the_proxy_report_describes_the_proxy_run(tmp_path: Path) -> None:
+    """The proxy run's report says what ran: the gateway with a models file in front of the
+    one vLLM server, both up, alternating at every level (not the engine run's blocks), and
+    with the extra ``--gateway-env`` it was given."""
+    from loadtest import bench
+
+    config = bench.parse_config(
+        ["--proxy", "--work-dir", str(tmp_path), "--gateway-env", "LOG_LEVEL=WARNING"]
+    )
+    servers = " ".join(bench.report_context(config, "cmd", [], None).servers)
+    assert "MODELS_FILE=proxy-models.yaml" in servers and "LOG_LEVEL=WARNING" in servers
+    assert "back to back" in servers
+    assert "one server up at a time" not in servers
