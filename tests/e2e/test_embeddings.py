@@ -7,15 +7,19 @@ tests/services/test_embeddings_scripted.py."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import yaml
 from openai import BadRequestError, OpenAI
 
+from app.engine.default_model import DEFAULT_MODEL_DIR
 from app.engine.manager import EngineManager
 from app.main import create_app
 from app.routing.catalog import EMBED_DEPLOYMENT
+from app.routing.settings import RoutingSettings
 from tests.conftest import make_settings
 from tests.support.servers import LoopThread, RunningServer, start_server, stop_server
 from tests.support.spec import validate
@@ -123,3 +127,60 @@ def test_an_input_over_the_context_is_a_400_before_the_engine(
     assert reply.status_code == 400
     error = reply.json()["error"]
     assert error["code"] == "context_length_exceeded" and "input[1]" in error["message"]
+
+
+@pytest.fixture(scope="module")
+def front(
+    loop_thread: LoopThread,
+    embedding_server: RunningServer,
+    embed_model: str,
+    embedding_engine: EngineManager,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningServer]:
+    """A gateway with no engine of its own, routing an embedding model to the gateway above
+    (a second server on loopback, real HTTP) as a ``kind: openai`` deployment."""
+    document = {
+        "models": [
+            {
+                "id": "remote-embed",
+                "task": "embed",
+                "deployments": [
+                    {"name": "embed-b", "kind": "openai", "model": embed_model,
+                     "base_url": embedding_server.base_url}
+                ],
+                "tokenizer": str(DEFAULT_MODEL_DIR),
+                "context_length": embedding_engine.model_info.max_model_len,
+            }
+        ]
+    }  # fmt: skip
+    path = Path(tmp_path_factory.mktemp("models")) / "models.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    settings = make_settings()
+    settings.routing = RoutingSettings(models_file=path)
+    running = start_server(loop_thread, create_app(settings, local_engines={}))
+    yield running
+    stop_server(running)
+
+
+def test_a_remote_embedding_model_answers_as_its_server_does(
+    front: RunningServer, sdk: OpenAI, embed_model: str, embedding_engine: EngineManager
+) -> None:
+    """Through the front gateway (which tokenizes and sends token ids), each input's vector
+    is the one its server gives directly, in input order, with the same usage; who served
+    is in the headers; an input over the context is refused before anything is sent."""
+    texts = ["The cat sat on the mat.", "Quantum chromodynamics", "a b c"]
+    direct = sdk.embeddings.create(model=embed_model, input=texts)
+    with OpenAI(base_url=front.base_url, api_key="k", max_retries=0) as client:
+        reply = client.embeddings.with_raw_response.create(model="remote-embed", input=texts)
+    proxied = reply.parse()
+    assert (reply.headers["X-Model"], reply.headers["X-Deployment"]) == ("remote-embed", "embed-b")
+    assert [item.index for item in proxied.data] == [0, 1, 2]
+    for mine, theirs in zip(proxied.data, direct.data, strict=True):
+        assert np.allclose(mine.embedding, theirs.embedding, atol=1e-4)
+    assert proxied.model == "remote-embed"
+    assert proxied.usage.prompt_tokens == direct.usage.prompt_tokens
+    limit = embedding_engine.model_info.max_model_len
+    body = {"model": "remote-embed", "input": [[5] * (limit + 1)]}
+    refused = httpx.post(front.url + "/v1/embeddings", json=body, timeout=60)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
