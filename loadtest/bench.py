@@ -370,12 +370,30 @@ def run_block(config: BenchConfig, server: str, repeat: int, runs: Runs) -> None
             result = _run_level(config, server, process.base_url, level, repeat)
             if result is not None:
                 tokens = int(result.get("total_output_tokens") or 0)
-                result.update(per_1k_tokens_ms(before, meter.sample(), tokens))
+                after = meter.sample()
+                result.update(per_1k_tokens_ms(before, after, tokens))
+                result.update(frontend_cpu(result, after.api_s - before.api_s))
             runs[server][level].append(
                 result or {"completed": 0, "failed": config.prompts_for(level)}
             )
     finally:
         stop_server(server, process)
+
+
+def frontend_cpu(result: Mapping[str, Any], api_s: float) -> dict[str, float]:
+    """The client's CPU per 1k output tokens, and how busy the front-end CPU was over the
+    level: the API processes' CPU seconds (``api_s``, every server process on that CPU) and
+    the client's, over the run's duration, as a share of one CPU (near 1.0: saturated, so
+    whatever one adds there the others lose)."""
+    client_s = result.get("client_cpu_s")
+    duration = result.get("duration")
+    tokens = int(result.get("total_output_tokens") or 0)
+    if not isinstance(client_s, int | float) or not duration or tokens <= 0:
+        return {}
+    return {
+        "client_cpu_ms_per_1k_tokens": client_s * 1e6 / tokens,
+        "frontend_cpu_share": (api_s + client_s) / float(duration),
+    }
 
 
 def run_benchmark(config: BenchConfig) -> dict[str, dict[int, dict[str, Any]]]:

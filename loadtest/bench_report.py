@@ -43,6 +43,13 @@ METRICS: tuple[Metric, ...] = (
     # CPU the server's API process (HTTP front end) spent per 1,000 output tokens: the
     # gateway's own per-token cost, read from the OS rather than a stopwatch.
     Metric("api_cpu_ms_per_1k_tokens", "API process CPU (ms / 1k tokens)", False, 1),
+    # The engine core and its workers (the proxy run: vLLM's, behind either side).
+    Metric("engine_cpu_ms_per_1k_tokens", "engine CPU (ms / 1k tokens)", False, 1),
+    # The proxy run's proxied rounds: vLLM's API process behind the gateway, same tokens.
+    Metric("upstream_api_cpu_ms_per_1k_tokens", "upstream API CPU (ms / 1k tokens)", False, 1),
+    Metric("client_cpu_ms_per_1k_tokens", "client CPU (ms / 1k tokens)", False, 1),
+    # API processes + client over the run, in CPUs: near 1.0 the shared front-end CPU is full.
+    Metric("frontend_cpu_share", "front-end CPU busy (CPUs)", False, 2),
 )
 
 # Results keyed server -> concurrency -> the benchmark's result JSON.
@@ -192,10 +199,13 @@ def ratio_table(rows: Sequence[ComparisonRow]) -> str:
     """Wide form: ratios only, one line per concurrency level."""
     levels = sorted({row.concurrency for row in rows})
     by_key = {(row.concurrency, row.metric.key): row.ratio for row in rows}
+    shown = [  # a metric one side lacks everywhere (e.g. the upstream's CPU) has no column
+        m for m in METRICS if any(by_key.get((level, m.key)) is not None for level in levels)
+    ] or list(METRICS[:2])
     return markdown_table(
-        ["concurrency", *(m.label for m in METRICS)],
+        ["concurrency", *(m.label for m in shown)],
         [
-            [str(level), *(_ratio_text(by_key.get((level, m.key))) for m in METRICS)]
+            [str(level), *(_ratio_text(by_key.get((level, m.key))) for m in shown)]
             for level in levels
         ],
     )

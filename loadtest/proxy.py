@@ -23,6 +23,7 @@ from loadtest.bench import (
     BenchConfig,
     Runs,
     _run_level,
+    frontend_cpu,
     start_and_warm,
     stop_server,
     vllm_server,
@@ -78,8 +79,10 @@ def run_proxy_benchmark(config: BenchConfig) -> dict[str, dict[int, dict[str, An
             return {}
         assert gateway.proc is not None
         assert vllm.proc is not None
-        # Each side's front end: vLLM's API process direct, the gateway's proxied.
-        meters = {DIRECT: CpuMeter(vllm.proc.pid), PROXIED: CpuMeter(gateway.proc.pid)}
+        # Each side's front end first (vLLM's API process direct, the gateway's proxied),
+        # then the other processes on the front-end CPU that side's requests keep busy.
+        upstream = CpuMeter(vllm.proc.pid)
+        meters = {DIRECT: [upstream], PROXIED: [CpuMeter(gateway.proc.pid), upstream]}
         urls = {DIRECT: vllm.base_url, PROXIED: gateway.base_url}
         for repeat in range(config.repeats):
             order = (DIRECT, PROXIED) if repeat % 2 == 0 else (PROXIED, DIRECT)
@@ -101,12 +104,18 @@ def _measure(
     url: str,
     level: int,
     repeat: int,
-    meter: CpuMeter,
+    meters: list[CpuMeter],
     runs: Runs,
 ) -> None:
-    before = meter.sample()
+    before = [meter.sample() for meter in meters]
     result = _run_level(config, side, url, level, repeat)
     if result is not None:
+        after = [meter.sample() for meter in meters]
         tokens = int(result.get("total_output_tokens") or 0)
-        result.update(per_1k_tokens_ms(before, meter.sample(), tokens))
+        result.update(per_1k_tokens_ms(before[0], after[0], tokens))
+        if len(meters) > 1:  # proxied: what vLLM's API process spent on the same tokens
+            upstream = per_1k_tokens_ms(before[1], after[1], tokens)
+            result["upstream_api_cpu_ms_per_1k_tokens"] = upstream["api_cpu_ms_per_1k_tokens"]
+        api_s = sum(a.api_s - b.api_s for b, a in zip(before, after, strict=True))
+        result.update(frontend_cpu(result, api_s))
     runs[side][level].append(result or {"completed": 0, "failed": config.prompts_for(level)})

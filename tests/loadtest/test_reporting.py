@@ -192,8 +192,24 @@ def test_ratio_table_rendering(results: dict) -> None:
     table = br.ratio_table(br.compare(results))
     lines = table.splitlines()
     assert lines[0].startswith("| concurrency | requests/s | output tokens/s | TTFT p50 (ms)")
-    assert lines[2] == "| 1 | 0.80× | 0.80× | 1.50× | 1.50× | 1.10× | 1.50× | 1.00× | 0.75× |"
-    assert lines[3] == "| 8 |" + " – |" * len(br.METRICS)
+    assert (
+        lines[2] == "| 1 | 0.80× | 0.80× | 1.50× | 1.50× | 1.10× | 1.50× | 1.00× | 0.75× | 1.00× |"
+    )
+    assert lines[3] == "| 8 |" + " – |" * 9
+    assert "client CPU" not in lines[0]  # no side has it anywhere: no column
+
+
+def test_frontend_cpu_adds_the_client_to_the_api_processes() -> None:
+    """The front-end CPU's load over a level: API processes plus the client, per second of
+    the run; the client's CPU per 1k tokens; nothing when the client did not say."""
+    from loadtest.bench import frontend_cpu
+
+    result = {"client_cpu_s": 2.0, "duration": 10.0, "total_output_tokens": 4000}
+    figures = frontend_cpu(result, api_s=6.0)
+    assert figures == pytest.approx(
+        {"client_cpu_ms_per_1k_tokens": 500.0, "frontend_cpu_share": 0.8}
+    )
+    assert frontend_cpu({"duration": 10.0, "total_output_tokens": 4000}, api_s=6.0) == {}
 
 
 def test_no_ratio_below_a_metrics_floor() -> None:
