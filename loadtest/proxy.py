@@ -113,9 +113,10 @@ def _measure(
         after = [meter.sample() for meter in meters]
         tokens = int(result.get("total_output_tokens") or 0)
         result.update(per_1k_tokens_ms(before[0], after[0], tokens))
-        if len(meters) > 1:  # proxied: what vLLM's API process spent on the same tokens
+        if len(meters) > 1:  # proxied: what vLLM's API process and engine spent on them
             upstream = per_1k_tokens_ms(before[1], after[1], tokens)
             result["upstream_api_cpu_ms_per_1k_tokens"] = upstream["api_cpu_ms_per_1k_tokens"]
+            result["engine_cpu_ms_per_1k_tokens"] = upstream["engine_cpu_ms_per_1k_tokens"]
         api_s = sum(a.api_s - b.api_s for b, a in zip(before, after, strict=True))
         result.update(frontend_cpu(result, api_s))
     runs[side][level].append(result or {"completed": 0, "failed": config.prompts_for(level)})
