@@ -121,6 +121,7 @@ class BenchConfig:
     command: str
     cpu_plan: CpuPlan | None = None
     proxy: bool = False
+    client_args: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def prompts_for(self, level: int) -> int:
@@ -157,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         default=os.environ.get("BENCH_API_KEY", "bench-key"),
         help="Bearer key sent to both servers (env BENCH_API_KEY)",
+    )
+    parser.add_argument(
+        "--client-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for vLLM's benchmark client (repeatable), e.g. "
+        "--client-arg=--save-detailed for per-request TTFT and ITL in the result files",
     )
     parser.add_argument(
         "--gateway-env",
@@ -222,6 +231,7 @@ def parse_config(argv: Sequence[str]) -> BenchConfig:
         command=shlex.join(["python", "-m", "loadtest.bench", *argv]),
         cpu_plan=CpuPlan.split() if args.cpu_pinning == "auto" else None,
         proxy=args.proxy,
+        client_args=list(args.client_arg),
     )
 
 
@@ -290,7 +300,7 @@ def client_argv(
         "--request-rate", "inf", "--ignore-eos", "--temperature", "0", "--seed", "0",
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--disable-tqdm", "--save-result", "--result-dir", str(result.parent),
-        "--result-filename", result.name,
+        "--result-filename", result.name, *config.client_args,
     ]  # fmt: skip
 
 

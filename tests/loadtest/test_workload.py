@@ -176,3 +176,14 @@ def test_self_started_gateway_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["RATE_LIMIT_TPM"] == "5" and env["RATE_LIMIT_RPM"] == "600"
     with pytest.raises(ValueError):
         run.gateway_env("k", ["no-equals-sign"])
+
+
+def test_client_args_reach_the_benchmark_client(tmp_path: Path) -> None:
+    """``--client-arg`` passes through to vLLM's client, after the fixed workload."""
+    from loadtest import bench
+
+    config = bench.parse_config(
+        ["--work-dir", str(tmp_path), "--client-arg=--save-detailed", "--client-arg=--seed=7"]
+    )
+    argv = bench.client_argv(config, "http://127.0.0.1:1", 8, 32, tmp_path / "r.json")
+    assert argv[-2:] == ["--save-detailed", "--seed=7"]
