@@ -374,20 +374,42 @@ def run_block(config: BenchConfig, server: str, repeat: int, runs: Runs) -> None
         if not start_and_warm(config, server, process):
             return
         assert process.proc is not None
-        meter = CpuMeter(process.proc.pid)
+        meters = [CpuMeter(process.proc.pid)]
         for level in config.levels:
-            before = meter.sample()
-            result = _run_level(config, server, process.base_url, level, repeat)
-            if result is not None:
-                tokens = int(result.get("total_output_tokens") or 0)
-                after = meter.sample()
-                result.update(per_1k_tokens_ms(before, after, tokens))
-                result.update(frontend_cpu(result, after.api_s - before.api_s))
             runs[server][level].append(
-                result or {"completed": 0, "failed": config.prompts_for(level)}
+                metered_level(config, server, process.base_url, level, repeat, meters)
             )
     finally:
         stop_server(server, process)
+
+
+def metered_level(
+    config: BenchConfig,
+    server: str,
+    base_url: str,
+    level: int,
+    repeat: int,
+    meters: Sequence[CpuMeter],
+) -> dict[str, Any]:
+    """One level's result, with the CPU its processes spent: the first meter's server (its
+    API process and engine, per 1k tokens); a second one, the upstream a proxy sits in front
+    of (its API process, and the engine, which is its); and all of them with the client as
+    the front-end CPU's load (:func:`frontend_cpu`). A level that failed counts its
+    requests as failed."""
+    before = [meter.sample() for meter in meters]
+    result = _run_level(config, server, base_url, level, repeat)
+    if result is None:
+        return {"completed": 0, "failed": config.prompts_for(level)}
+    after = [meter.sample() for meter in meters]
+    tokens = int(result.get("total_output_tokens") or 0)
+    result.update(per_1k_tokens_ms(before[0], after[0], tokens))
+    if len(meters) > 1:
+        upstream = per_1k_tokens_ms(before[1], after[1], tokens)
+        result["upstream_api_cpu_ms_per_1k_tokens"] = upstream["api_cpu_ms_per_1k_tokens"]
+        result["engine_cpu_ms_per_1k_tokens"] = upstream["engine_cpu_ms_per_1k_tokens"]
+    api_s = sum(a.api_s - b.api_s for b, a in zip(before, after, strict=True))
+    result.update(frontend_cpu(result, api_s))
+    return result
 
 
 def frontend_cpu(result: Mapping[str, Any], api_s: float) -> dict[str, float]:
@@ -502,8 +524,8 @@ def report_context(
     vllm_cmd = shlex.join(vllm_server(config, 0).argv[1:]).replace(str(ROOT) + "/", "")
     env = {"MODEL_NAME": ".models/tiny-llama", "SERVED_MODEL_NAME": SERVED_NAME}
     env.update(GATEWAY_ENGINE_ENV)
-    env.update({k: ("<key>" if "KEY" in k else v) for k, v in config.gateway_env.items()})
-    env_text = " ".join(f"{k}={v}" for k, v in env.items())
+    features = {k: ("<key>" if "KEY" in k else v) for k, v in config.gateway_env.items()}
+    env_text = " ".join(f"{k}={v}" for k, v in {**env, **features}.items())
     return ReportContext(
         date=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         command=command,
@@ -523,7 +545,7 @@ def report_context(
         servers=[
             f"vLLM server: `python {vllm_cmd.replace('--port 0', '--port P')}`",
             *(
-                _proxy_servers_text(config)
+                _proxy_servers_text(features)
                 if config.proxy
                 else _engine_servers_text(config, env_text)
             ),
@@ -548,8 +570,8 @@ def _engine_servers_text(config: BenchConfig, env_text: str) -> list[str]:
     ]
 
 
-def _proxy_servers_text(config: BenchConfig) -> list[str]:
-    env = " ".join(f"{k}={'<key>' if 'KEY' in k else v}" for k, v in config.gateway_env.items())
+def _proxy_servers_text(features: Mapping[str, str]) -> list[str]:
+    env = " ".join(f"{k}={v}" for k, v in features.items())
     return [
         f"gateway (proxy): `MODELS_FILE=proxy-models.yaml {env} python -m app --port P`, the "
         "models file holding one model with one `kind: openai` deployment, vLLM's server above "

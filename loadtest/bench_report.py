@@ -201,7 +201,7 @@ def ratio_table(rows: Sequence[ComparisonRow]) -> str:
     by_key = {(row.concurrency, row.metric.key): row.ratio for row in rows}
     shown = [  # a metric one side lacks everywhere (e.g. the upstream's CPU) has no column
         m for m in METRICS if any(by_key.get((level, m.key)) is not None for level in levels)
-    ] or list(METRICS[:2])
+    ] or list(METRICS)
     return markdown_table(
         ["concurrency", *(m.label for m in shown)],
         [

@@ -22,14 +22,13 @@ from loadtest.bench import (
     SERVED_NAME,
     BenchConfig,
     Runs,
-    _run_level,
-    frontend_cpu,
+    metered_level,
     start_and_warm,
     stop_server,
     vllm_server,
 )
 from loadtest.bench_report import BASELINE, CANDIDATE, combine_runs
-from loadtest.pinning import CpuMeter, per_1k_tokens_ms
+from loadtest.pinning import CpuMeter
 from loadtest.servers import ServerProcess, free_port, gateway_argv
 
 DIRECT, PROXIED = BASELINE, CANDIDATE  # the report's two columns: vLLM direct, through us
@@ -88,7 +87,8 @@ def run_proxy_benchmark(config: BenchConfig) -> dict[str, dict[int, dict[str, An
             order = (DIRECT, PROXIED) if repeat % 2 == 0 else (PROXIED, DIRECT)
             for level in config.levels:
                 for side in order:
-                    _measure(config, side, urls[side], level, repeat, meters[side], runs)
+                    result = metered_level(config, side, urls[side], level, repeat, meters[side])
+                    runs[side][level].append(result)
     finally:
         stop_server(PROXIED, gateway)
         stop_server(DIRECT, vllm)
@@ -96,27 +96,3 @@ def run_proxy_benchmark(config: BenchConfig) -> dict[str, dict[int, dict[str, An
         side: {level: combine_runs(level_runs) for level, level_runs in per.items() if level_runs}
         for side, per in runs.items()
     }
-
-
-def _measure(
-    config: BenchConfig,
-    side: str,
-    url: str,
-    level: int,
-    repeat: int,
-    meters: list[CpuMeter],
-    runs: Runs,
-) -> None:
-    before = [meter.sample() for meter in meters]
-    result = _run_level(config, side, url, level, repeat)
-    if result is not None:
-        after = [meter.sample() for meter in meters]
-        tokens = int(result.get("total_output_tokens") or 0)
-        result.update(per_1k_tokens_ms(before[0], after[0], tokens))
-        if len(meters) > 1:  # proxied: what vLLM's API process and engine spent on them
-            upstream = per_1k_tokens_ms(before[1], after[1], tokens)
-            result["upstream_api_cpu_ms_per_1k_tokens"] = upstream["api_cpu_ms_per_1k_tokens"]
-            result["engine_cpu_ms_per_1k_tokens"] = upstream["engine_cpu_ms_per_1k_tokens"]
-        api_s = sum(a.api_s - b.api_s for b, a in zip(before, after, strict=True))
-        result.update(frontend_cpu(result, api_s))
-    runs[side][level].append(result or {"completed": 0, "failed": config.prompts_for(level)})
