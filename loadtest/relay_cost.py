@@ -20,6 +20,7 @@ import asyncio
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,15 @@ def serve_upstream(port: int, tokens: int, gap_s: float) -> None:
 
 
 @dataclass
+class Timings:
+    """One streamed request, seconds from sending it: its first token, its last, [DONE]."""
+
+    first: float
+    last: float
+    done: float
+
+
+@dataclass
 class PathResult:
     name: str
     requests: int
@@ -109,6 +119,7 @@ class PathResult:
     errors: int
     seconds: float
     cpu_s: dict[str, float]
+    timings: list[Timings]
 
     def line(self) -> str:
         per_1k = "  ".join(
@@ -117,24 +128,39 @@ class PathResult:
         )
         return (
             f"{self.name:8s} {self.requests:5d} req  {self.errors:3d} errors  "
-            f"{self.tokens / self.seconds:9.0f} tokens/s  CPU: {per_1k}"
+            f"{self.tokens / self.seconds:9.0f} tokens/s  CPU: {per_1k}\n"
+            f"{'':8s} p50 ms: first token {self._p50('first'):7.2f}  last token "
+            f"{self._p50('last'):8.2f}  [DONE] after the last {self._p50('tail'):6.2f}"
         )
 
+    def _p50(self, what: str) -> float:
+        values = [t.done - t.last if what == "tail" else getattr(t, what) for t in self.timings]
+        return 1000 * statistics.median(values) if values else float("nan")
 
-async def _one(session: aiohttp.ClientSession, url: str, tokens: int) -> int:
+
+async def _one(
+    session: aiohttp.ClientSession, url: str, tokens: int, timings: list[Timings]
+) -> int:
     body = {"model": MODEL, "prompt": "relay " * 16, "max_tokens": tokens, "stream": True}
     headers = {"Authorization": f"Bearer {API_KEY}"}
     counted = 0
+    sent = time.perf_counter()
+    first = last = 0.0
     async with session.post(f"{url}/v1/completions", json=body, headers=headers) as response:
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
         async for line in response.content:
             if line.startswith(b"data: {") and b'"text"' in line:
+                last = time.perf_counter() - sent
+                first = first or last
                 counted += 1
+    timings.append(Timings(first, last, time.perf_counter() - sent))
     return counted
 
 
-async def _drive(url: str, requests: int, concurrency: int, tokens: int) -> tuple[int, int]:
+async def _drive(
+    url: str, requests: int, concurrency: int, tokens: int, timings: list[Timings]
+) -> tuple[int, int]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
@@ -145,7 +171,9 @@ async def _drive(url: str, requests: int, concurrency: int, tokens: int) -> tupl
         while not queue.empty():
             queue.get_nowait()
             try:
-                got = await _one(session, url, tokens)  # not `counted += await`: lost updates
+                got = await _one(
+                    session, url, tokens, timings
+                )  # not `counted += await`: lost updates
             except Exception as exc:  # reported in the count, shown once
                 if errors == 0:
                     print(f"  first error: {exc!r}", file=sys.stderr)
@@ -168,13 +196,15 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
 
 
 def run_path(name: str, url: str, pids: dict[str, int], args: argparse.Namespace) -> PathResult:
-    asyncio.run(_drive(url, min(args.requests, 2 * args.concurrency), args.concurrency, 8))
+    warm: list[Timings] = []
+    asyncio.run(_drive(url, min(args.requests, 2 * args.concurrency), args.concurrency, 8, warm))
+    timings: list[Timings] = []
     before, started = _cpu(pids), time.perf_counter()
-    tokens, errors = asyncio.run(_drive(url, args.requests, args.concurrency, args.tokens))
+    tokens, errors = asyncio.run(_drive(url, args.requests, args.concurrency, args.tokens, timings))
     seconds = time.perf_counter() - started
     after = _cpu(pids)
     cpu = {who: after[who] - before[who] for who in pids}
-    return PathResult(name, args.requests, tokens, errors, seconds, cpu)
+    return PathResult(name, args.requests, tokens, errors, seconds, cpu, timings)
 
 
 def models_file(directory: Path, upstream_url: str) -> Path:
