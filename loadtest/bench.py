@@ -48,6 +48,7 @@ from loadtest.bench_report import (
     ratio_table,
     render_markdown,
 )
+from loadtest.engine_pace import engine_itl_ms, read_pace
 from loadtest.pinning import CpuMeter, CpuPlan, per_1k_tokens_ms
 from loadtest.servers import (
     AUTH_ON_LIMITS_UNBOUND_ENV,
@@ -377,7 +378,9 @@ def run_block(config: BenchConfig, server: str, repeat: int, runs: Runs) -> None
         meters = [CpuMeter(process.proc.pid)]
         for level in config.levels:
             runs[server][level].append(
-                metered_level(config, server, process.base_url, level, repeat, meters)
+                metered_level(
+                    config, server, process.base_url, level, repeat, meters, process.base_url
+                )
             )
     finally:
         stop_server(server, process)
@@ -390,17 +393,24 @@ def metered_level(
     level: int,
     repeat: int,
     meters: Sequence[CpuMeter],
+    pace_url: str | None = None,
 ) -> dict[str, Any]:
     """One level's result, with the CPU its processes spent: the first meter's server (its
     API process and engine, per 1k tokens); a second one, the upstream a proxy sits in front
     of (its API process, and the engine, which is its); and all of them with the client as
-    the front-end CPU's load (:func:`frontend_cpu`). A level that failed counts its
+    the front-end CPU's load (:func:`frontend_cpu`). With ``pace_url`` (the server whose
+    ``/metrics`` has the engine's), also the engine's mean inter-token gap over the level
+    (``engine_itl_ms``, see :mod:`loadtest.engine_pace`). A level that failed counts its
     requests as failed."""
+    pace = read_pace(pace_url, config.api_key) if pace_url else None
     before = [meter.sample() for meter in meters]
     result = _run_level(config, server, base_url, level, repeat)
     if result is None:
         return {"completed": 0, "failed": config.prompts_for(level)}
     after = [meter.sample() for meter in meters]
+    itl_ms = engine_itl_ms(pace, read_pace(pace_url, config.api_key)) if pace_url else None
+    if itl_ms is not None:
+        result["engine_itl_ms"] = itl_ms
     tokens = int(result.get("total_output_tokens") or 0)
     result.update(per_1k_tokens_ms(before[0], after[0], tokens))
     if len(meters) > 1:

@@ -7,6 +7,7 @@ streams back). Levels alternate between the two (direct then proxy, then the oth
 on the next repeat) so the machine's drift hits both alike. The gateway runs with every
 feature on (keys, limits, queue) as in the engine benchmark, and its API process shares
 the front-end CPU with vLLM's; vLLM's engine core is kept off that CPU (``pin_engine``).
+Both sides read the engine's pace from vLLM's ``/metrics`` (:mod:`loadtest.engine_pace`).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def run_proxy_benchmark(config: BenchConfig) -> dict[str, dict[int, dict[str, An
             order = (DIRECT, PROXIED) if repeat % 2 == 0 else (PROXIED, DIRECT)
             for level in config.levels:
                 for side in order:
-                    result = metered_level(config, side, urls[side], level, repeat, meters[side])
+                    result = metered_level(
+                        config, side, urls[side], level, repeat, meters[side], vllm.base_url
+                    )
                     runs[side][level].append(result)
     finally:
         stop_server(PROXIED, gateway)

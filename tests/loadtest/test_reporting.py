@@ -303,6 +303,39 @@ def test_paired_ratios_pair_each_round_across_servers(results: dict) -> None:
     assert "| 2 of 2 | +1.5 (+1.0 to +2.0) |" in table
 
 
+def test_paced_ratios_take_the_engines_speed_out_of_each_round(results: dict) -> None:
+    """A round where the engine ran slower for the gateway (a longer gap between tokens)
+    loses tokens/s the gateway did not cost: tokens/s x the engine's gap pairs the mean
+    requests the engine was generating for. A round lacking the gap on a side is left out."""
+    run = results["vllm"][1]
+    vllm = br.combine_runs(
+        [
+            {**run, "output_throughput": 600.0, "engine_itl_ms": 1.6},
+            {**run, "output_throughput": 480.0, "engine_itl_ms": 2.0},
+            {**run, "output_throughput": 500.0},
+        ]
+    )
+    gateway = br.combine_runs(
+        [
+            {**run, "output_throughput": 300.0, "engine_itl_ms": 3.2},  # engine 2x slower
+            {**run, "output_throughput": 470.0, "engine_itl_ms": 2.0},
+            {**run, "output_throughput": 490.0, "engine_itl_ms": 1.9},
+        ]
+    )
+    paired = {"vllm": {1: vllm}, "gateway": {1: gateway}}
+    assert br.paced_ratios(paired, 1) == pytest.approx([1.0, 470.0 / 480.0])
+    assert br.paired_ratios(paired, "output_throughput", 1)[0] == pytest.approx(0.5)
+    table = br.paired_table(paired)
+    assert "| 0.990× (0.979× to 1.000×) | 2 of 2 |" in table
+    assert "| 1.50× (1.00× to 2.00×) |" in table  # the engine's gap, gateway/vLLM
+
+
+def test_the_paired_table_shows_no_paced_ratio_without_the_engines_gap(results: dict) -> None:
+    combined = {s: {c: br.combine_runs([r]) for c, r in per.items()} for s, per in results.items()}
+    row = next(line for line in br.paired_table(combined).splitlines() if line.startswith("| 1 |"))
+    assert row.endswith("| – | – | – |")
+
+
 def test_the_report_has_the_paired_table(results: dict) -> None:
     combined = {s: {c: br.combine_runs([r]) for c, r in per.items()} for s, per in results.items()}
     context = br.ReportContext("d", "cmd", [], [], [])
