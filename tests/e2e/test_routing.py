@@ -29,6 +29,7 @@ from app.config import Settings
 from app.engine.manager import EngineManager
 from app.main import create_app
 from app.routing.settings import RoutingSettings
+from loadtest.engine_pace import engine_itl_ms, read_pace
 from loadtest.servers import ServerProcess
 from tests.conftest import make_settings
 from tests.support.servers import LoopThread, RunningServer, start_server, stop_server
@@ -115,6 +116,27 @@ def routed(
     with gateway(loop_thread, engine, settings) as srv:
         wait_until(lambda: httpx.get(srv.url + "/readyz").status_code == 200, 30, "ready")
         yield srv
+
+
+def test_the_benchmarks_engine_pace_counts_the_gaps_of_vllms_real_stream(
+    vllm_b: ServerProcess,
+) -> None:
+    """What the proxy benchmark reads (loadtest/engine_pace.py), from vLLM's own server: a
+    12-token stream adds 11 gaps between tokens, each a positive time the engine core
+    stamped."""
+    before = read_pace(vllm_b.base_url)
+    with OpenAI(base_url=f"{vllm_b.base_url}/v1", api_key="none", max_retries=0) as sdk:
+        stream = sdk.completions.create(
+            model="tiny-llama", prompt="count: one two", max_tokens=12, stream=True,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        texts = [chunk.choices[0].text for chunk in stream if chunk.choices]
+    after = read_pace(vllm_b.base_url)
+    assert before is not None and after is not None
+    assert "".join(texts)
+    assert after.gaps - before.gaps == 11
+    gap_ms = engine_itl_ms(before, after)
+    assert gap_ms is not None and 0 < gap_ms < 5000
 
 
 def test_requests_spread_over_both_deployments_with_who_served_in_headers(

@@ -1,4 +1,5 @@
-"""Reading the engine's pace from a Prometheus exposition (loadtest/engine_pace.py)."""
+"""Reading the engine's pace from a Prometheus exposition (loadtest/engine_pace.py); against
+vLLM's real server in tests/e2e/test_routing.py."""
 
 from __future__ import annotations
 
@@ -41,22 +42,3 @@ def test_a_server_that_does_not_answer_has_no_pace() -> None:
     from loadtest.servers import free_port
 
     assert read_pace(f"http://127.0.0.1:{free_port()}", "key", timeout_s=1.0) is None
-
-
-def test_the_gateways_engine_pace_counts_the_gaps_of_a_real_stream(
-    server, client, model_id
-) -> None:
-    """Against the real engine behind a real server: a 12-token stream adds 11 gaps, each
-    a positive time the engine core stamped."""
-    before = read_pace(server.url, "test-key")
-    stream = client.completions.create(
-        model=model_id, prompt="count: one two", max_tokens=12, stream=True,
-        extra_body={"ignore_eos": True},
-    )  # fmt: skip
-    tokens = sum(1 for chunk in stream if chunk.choices and chunk.choices[0].text)
-    after = read_pace(server.url, "test-key")
-    assert before is not None and after is not None
-    assert tokens > 1
-    assert after.gaps - before.gaps == 11
-    gap_ms = engine_itl_ms(before, after)
-    assert gap_ms is not None and 0 < gap_ms < 5000
