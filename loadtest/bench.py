@@ -87,6 +87,9 @@ GATEWAY_ENGINE_ENV = {
 GATEWAY_FEATURE_ENV: dict[str, str] = {
     **AUTH_ON_LIMITS_UNBOUND_ENV,
     "CONCURRENCY_LIMIT": GATEWAY_ENGINE_ENV["MAX_NUM_SEQS"],
+    # /metrics is an admin route and the bench key is not an admin one; the bench reads the
+    # engine's pace there (loadtest/engine_pace.py). Only the admin routes change.
+    "ADMIN_ROUTES_REQUIRE_KEY": "false",
 }
 
 MEASUREMENT_NOTES = (
@@ -526,6 +529,11 @@ def _versions(names: Sequence[str]) -> list[str]:
     return found
 
 
+def _secret(name: str, value: str) -> bool:
+    """A setting not to print: a key's (but not a switch such as ADMIN_ROUTES_REQUIRE_KEY)."""
+    return "KEY" in name and value.lower() not in ("true", "false")
+
+
 def report_context(
     config: BenchConfig, command: str, machine: list[str], plot_name: str | None
 ) -> ReportContext:
@@ -534,7 +542,7 @@ def report_context(
     vllm_cmd = shlex.join(vllm_server(config, 0).argv[1:]).replace(str(ROOT) + "/", "")
     env = {"MODEL_NAME": ".models/tiny-llama", "SERVED_MODEL_NAME": SERVED_NAME}
     env.update(GATEWAY_ENGINE_ENV)
-    features = {k: ("<key>" if "KEY" in k else v) for k, v in config.gateway_env.items()}
+    features = {k: ("<key>" if _secret(k, v) else v) for k, v in config.gateway_env.items()}
     env_text = " ".join(f"{k}={v}" for k, v in {**env, **features}.items())
     return ReportContext(
         date=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),

@@ -357,3 +357,17 @@ def test_the_proxy_report_describes_the_proxy_run(tmp_path: Path) -> None:
     assert "MODELS_FILE=proxy-models.yaml" in servers and "LOG_LEVEL=WARNING" in servers
     assert "back to back" in servers
     assert "one server up at a time" not in servers
+
+
+def test_the_report_hides_keys_but_shows_switches_named_after_them(tmp_path: Path) -> None:
+    """The gateway's env in the report: the bench key (and any ``--gateway-env`` key) as
+    ``<key>``; ADMIN_ROUTES_REQUIRE_KEY, which lets the bench read /metrics, as its value."""
+    from loadtest import bench
+
+    config = bench.parse_config(
+        ["--work-dir", str(tmp_path), "--gateway-env", "UPSTREAM_API_KEY=s3cret"]
+    )
+    servers = " ".join(bench.report_context(config, "cmd", [], None).servers)
+    assert "API_KEYS=<key>" in servers and "UPSTREAM_API_KEY=<key>" in servers
+    assert "s3cret" not in servers and config.api_key not in servers
+    assert "ADMIN_ROUTES_REQUIRE_KEY=false" in servers
