@@ -18,7 +18,6 @@ gap's own ratio, which the report prints beside it.
 from __future__ import annotations
 
 import re
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
@@ -56,7 +55,7 @@ def read_pace(base_url: str, api_key: str = "", timeout_s: float = 5.0) -> Engin
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return parse_pace(response.read().decode("utf-8", "replace"))
-    except (OSError, urllib.error.URLError, ValueError):
+    except (OSError, ValueError):  # URLError and HTTPError are OSErrors
         return None
 
 

@@ -110,6 +110,11 @@ class Timings:
     last: float
     done: float
 
+    @property
+    def tail(self) -> float:
+        """From the last token to ``[DONE]``."""
+        return self.done - self.last
+
 
 @dataclass
 class PathResult:
@@ -134,7 +139,7 @@ class PathResult:
         )
 
     def _p50(self, what: str) -> float:
-        values = [t.done - t.last if what == "tail" else getattr(t, what) for t in self.timings]
+        values = [getattr(t, what) for t in self.timings]
         return 1000 * statistics.median(values) if values else float("nan")
 
 
@@ -171,9 +176,8 @@ async def _drive(
         while not queue.empty():
             queue.get_nowait()
             try:
-                got = await _one(
-                    session, url, tokens, timings
-                )  # not `counted += await`: lost updates
+                # Not `counted += await ...`: concurrent workers would lose updates.
+                got = await _one(session, url, tokens, timings)
             except Exception as exc:  # reported in the count, shown once
                 if errors == 0:
                     print(f"  first error: {exc!r}", file=sys.stderr)
