@@ -132,6 +132,7 @@ def build_state(
     if cache is not None:
         health.add("cache", cache.health)
     metrics.on_collect(lambda: _refresh_gauges(metrics, registry, guards))
+    metrics.engines.watch(registry)
     return GatewayState(
         settings=settings,
         registry=registry,

@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from app.deployments.base import DeploymentState
 from app.engine.protocol import EmbeddingJob, EngineClient, EngineStep, Job
 
@@ -30,6 +32,13 @@ class LocalDeployment:
     @property
     def last_progress_at(self) -> float:
         return self.engine.last_progress_at
+
+    @property
+    def stat_registry(self) -> CollectorRegistry | None:
+        """The engine's ``vllm:*`` metrics (None for an engine without them: not ready,
+        restarting, or a scripted one)."""
+        registry = getattr(self.engine, "stat_registry", None)
+        return registry if isinstance(registry, CollectorRegistry) else None
 
     @property
     def resumable(self) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from prometheus_client import CollectorRegistry
 from vllm import AsyncEngineArgs
 from vllm.config import StructuredOutputsConfig
 from vllm.exceptions import VLLMClientError
@@ -38,6 +39,7 @@ from app.engine.tokenizer import render_chat
 from app.engine.tool_parsing import VllmToolParser, build_tool_parser, tool_parser_class
 from app.engine.tuning import cpu_engine_env, kv_bytes_per_token, kv_cache_bytes
 from app.engine.vllm_adapter import to_engine_step, to_sampling_params
+from app.engine.vllm_metrics import stat_logger_on
 from app.errors import (
     EngineUnavailableError,
     GatewayError,
@@ -78,6 +80,8 @@ class EngineManager:
         # When the engine core last returned outputs, whoever was (or was not) reading them:
         # stall detection judges the engine, not one slow consumer.
         self.last_progress_at = time.monotonic()
+        # vLLM's ``vllm:*`` metrics of the running engine (None until built, after stop).
+        self.stat_registry: CollectorRegistry | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -92,10 +96,11 @@ class EngineManager:
         started = time.perf_counter()
         # A daemon thread: a SIGTERM mid-build must not wait for it (the build is not
         # interruptible); an engine that comes after the caller left is shut down at once.
+        registry = CollectorRegistry()
         engine = await in_daemon_thread(
-            lambda: self._build(source), "engine-build", on_abandoned=_shutdown_quietly
+            lambda: self._build(source, registry), "engine-build", on_abandoned=_shutdown_quietly
         )
-        self._engine = engine
+        self._engine, self.stat_registry = engine, registry
         self._tokenizer = engine.get_tokenizer()
         self._model_info = _model_info(engine.model_config, self._served_name(source), source)
         if parser is not None:
@@ -116,8 +121,9 @@ class EngineManager:
             await self.stop()
             raise
 
-    def _build(self, source: str) -> AsyncLLM:
-        """vLLM's config with the KV cache sized to the need, then the engine (blocking)."""
+    def _build(self, source: str, registry: CollectorRegistry) -> AsyncLLM:
+        """vLLM's config with the KV cache sized to the need, then the engine, its metrics
+        on ``registry`` (blocking)."""
         args = self._engine_args(source)
         device = detect_device()
         world_size = args.tensor_parallel_size * args.pipeline_parallel_size
@@ -141,7 +147,9 @@ class EngineManager:
             use_start_method(method)
         began = time.perf_counter()
         engine = AsyncLLM.from_vllm_config(
-            config, stat_loggers=[self._progress_logger], enable_log_requests=False
+            config,
+            stat_loggers=[self._progress_logger, stat_logger_on(registry)],
+            enable_log_requests=False,
         )
         self.build_s = time.perf_counter() - began
         return engine
@@ -157,6 +165,7 @@ class EngineManager:
         """Shut the engine core down, within ``timeout_s`` (default ``ENGINE_STOP_TIMEOUT_S``):
         past it, its processes are killed. Safe to call twice."""
         engine, self._engine = self._engine, None
+        self.stat_registry = None
         if engine is None:
             return
         timeout_s = self._settings.engine_stop_timeout_s if timeout_s is None else timeout_s

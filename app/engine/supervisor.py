@@ -256,6 +256,12 @@ class EngineSupervisor:
         return spare is not None and bool(spare.is_ready)
 
     @property
+    def stat_registry(self) -> Any:
+        """The active engine's ``vllm:*`` metrics registry (None while it is down): a
+        standby's idle metrics stay out of the scrape until it takes over."""
+        return getattr(self._engine, "stat_registry", None)
+
+    @property
     def core_pids(self) -> list[int]:
         """The active engine's engine-core process ids (operators, tests)."""
         return list(getattr(self._engine, "core_pids", []))

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 
 from app.observability.alert_rules import DEFAULT_RULES, AlertRule, Reading
 from app.observability.metrics import GatewayMetrics
@@ -82,8 +82,8 @@ class AlertEvaluator:
     def for_metrics(
         cls, metrics: GatewayMetrics, settings: ObservabilitySettings, clock: Clock = time.time
     ) -> AlertEvaluator:
-        """Rules over the gateway's registry plus the default one, where vLLM's metrics live."""
-        return cls([metrics.registry, REGISTRY], settings, clock, before=metrics.refresh)
+        """Rules over the gateway's registry (its ``vllm:*`` too: see EngineMetrics)."""
+        return cls([metrics.registry], settings, clock, before=metrics.refresh)
 
     async def run(self) -> None:
         """Evaluate every ``ALERT_EVAL_INTERVAL_S`` until cancelled (a lifespan task)."""

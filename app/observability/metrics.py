@@ -11,8 +11,8 @@ records what:
   inter-token latency, tokens, queue wait.
 - listeners (queue, breaker, rate limiter, engine manager): the event methods below.
 
-vLLM's own ``vllm:*`` metrics live in prometheus_client's default ``REGISTRY``;
-:func:`render_metrics` appends it so one scrape returns both.
+vLLM's own ``vllm:*`` metrics live on a registry per engine; :class:`EngineMetrics`, on the
+gateway's registry, serves them with a ``deployment`` label, so one scrape returns both.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import Metric
 
+from app.observability.engine_metrics import EngineMetrics
 from app.observability.recorder import RequestRecorder
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ class GatewayMetrics:
         self._define_admission_metrics(registry)
         self._define_engine_metrics(registry)
         self._define_deployment_metrics(registry)
+        self.engines = EngineMetrics()
+        registry.register(self.engines)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> GatewayMetrics:
@@ -355,19 +357,9 @@ def _breaker_state(name: str) -> str:
 
 
 def render_metrics(metrics: GatewayMetrics | None) -> bytes:
-    """The text exposition: the gateway's registry, then the default one (``vllm:*``)."""
-    if metrics is None or metrics.registry is REGISTRY:
-        if metrics is not None:
-            metrics.refresh()
+    """The text exposition of the gateway's registry: ``gateway_*``, the engines' ``vllm:*``
+    (:class:`EngineMetrics`) and, on the default registry, the process collectors."""
+    if metrics is None:
         return generate_latest(REGISTRY)
     metrics.refresh()
-    # A private gateway registry (tests): add only vLLM's families from the default one, so
-    # another app's gateway_* series in the same process cannot leak into this exposition.
-    return generate_latest(metrics.registry) + generate_latest(_VllmOnly())
-
-
-class _VllmOnly:
-    """A collector view of the default registry restricted to ``vllm:*`` families."""
-
-    def collect(self) -> Iterable[Metric]:
-        return [family for family in REGISTRY.collect() if family.name.startswith("vllm:")]
+    return generate_latest(metrics.registry)

@@ -21,7 +21,9 @@ from typing import Any
 
 import httpx
 import yaml
+from prometheus_client import CollectorRegistry
 
+from app.deployments.local import LocalDeployment
 from app.routing.catalog import Catalog, CatalogError, RegistrySpec, load_catalog, parse_catalog
 from app.routing.pool import DeploymentPool
 
@@ -46,6 +48,15 @@ class ModelRegistry:
         self._wake = asyncio.Event()
         self.reloads = 0
         self.last_error: str | None = None
+
+    def engine_registries(self) -> list[tuple[str, CollectorRegistry]]:
+        """Each live local deployment's ``vllm:*`` registry, by deployment name (/metrics)."""
+        return [
+            (deployment.state.name, registry)
+            for deployment in self.router.deployments()
+            if isinstance(deployment, LocalDeployment)
+            and (registry := deployment.stat_registry) is not None
+        ]
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.process import ROOT, GatewayProcess
 
@@ -78,6 +79,36 @@ def deployments(url: str) -> dict[str, Any]:
 def test_two_engines_in_one_process_both_serve(gateway: GatewayProcess) -> None:
     served = Counter(chat(gateway.url).headers["x-deployment"] for _ in range(6))
     assert set(served) == {"local-a", "local-b"}, served
+
+
+def engine_totals(url: str, family: str) -> dict[str, float]:
+    """One vLLM counter family from the gateway's scrape, summed per deployment label."""
+    totals: dict[str, float] = {}
+    text = httpx.get(url + "/metrics", timeout=10).text
+    names = [f.name for f in text_string_to_metric_families(text)]
+    assert len(names) == len(set(names)), "a family exposed twice"
+    for found in text_string_to_metric_families(text):
+        if found.name == family:
+            for sample in found.samples:
+                if sample.name == family + "_total":
+                    name = sample.labels["deployment"]
+                    totals[name] = totals.get(name, 0.0) + sample.value
+    return totals
+
+
+def test_each_engines_vllm_metrics_are_scraped_under_its_deployment(
+    gateway: GatewayProcess,
+) -> None:
+    """vLLM alone keeps only the last-built engine's vllm:* in one process: here each
+    engine's own counts come back, told apart by a deployment label."""
+    before = engine_totals(gateway.url, "vllm:request_success")
+    assert set(before) == {"local-a", "local-b"}
+    served = Counter(chat(gateway.url).headers["x-deployment"] for _ in range(6))
+    want = {name: before[name] + served[name] for name in before}
+    deadline = time.monotonic() + 10  # vLLM records a step's stats just after its outputs
+    while (after := engine_totals(gateway.url, "vllm:request_success")) != want:
+        assert time.monotonic() < deadline, (after, want)
+        time.sleep(0.1)
 
 
 def _stream(url: str, out: dict[str, Any], streaming: threading.Barrier) -> None:

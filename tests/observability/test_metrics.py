@@ -8,6 +8,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from app.observability.context import RequestContext
 from app.observability.metrics import SHED_REASONS, GatewayMetrics, render_metrics
+from tests.support.engine_registries import Deployments
 
 REQUIRED = {
     "gateway_requests": ("counter", {"route", "model", "status"}),
@@ -111,17 +112,16 @@ def test_listener_events(metrics: GatewayMetrics) -> None:
         metrics.rate_limit_rejected("team-a", "vibes")
 
 
-def test_render_includes_default_registry() -> None:
-    """The exposition holds the gateway's registry and the default one (vLLM's metrics)."""
+def test_render_holds_the_gateways_metrics_and_its_engines() -> None:
+    """The exposition holds gateway_* and each watched engine's own registry (vLLM's)."""
     metrics = GatewayMetrics.for_registry(CollectorRegistry())
-    vllm_like = Gauge("vllm:test_only_usage", "stand-in for a vLLM gauge", registry=REGISTRY)
-    try:
-        vllm_like.set(0.5)
-        text = render_metrics(metrics).decode()
-    finally:
-        REGISTRY.unregister(vllm_like)
+    engine = CollectorRegistry()
+    Gauge("vllm:test_only_usage", "stand-in for a vLLM gauge", registry=engine).set(0.5)
+    deployments = Deployments({"local": engine})
+    metrics.engines.watch(deployments)
+    text = render_metrics(metrics).decode()
     assert "gateway_requests_in_flight 0.0" in text
-    assert "vllm:test_only_usage 0.5" in text
+    assert 'vllm:test_only_usage{deployment="local"} 0.5' in text
 
 
 def test_recorder_observes_ttft_then_one_itl_per_step(metrics: GatewayMetrics) -> None:

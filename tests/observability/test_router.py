@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.testclient import TestClient
 
@@ -16,6 +16,7 @@ from app.observability.health import HealthReporter
 from app.observability.metrics import GatewayMetrics
 from app.observability.middleware import RequestContextMiddleware
 from app.observability.settings import ObservabilitySettings
+from tests.support.engine_registries import Deployments
 
 
 def build_app(metrics: GatewayMetrics | None, engine_status: str = "ok") -> FastAPI:
@@ -43,16 +44,16 @@ def metrics() -> GatewayMetrics:
 
 
 def test_metrics_exposition(metrics: GatewayMetrics) -> None:
-    """/metrics serves Prometheus text with gateway_* and the default registry's vllm:*."""
-    vllm_like = Gauge("vllm:test_only_running", "stand-in", registry=REGISTRY)
-    try:
-        response = TestClient(build_app(metrics)).get("/metrics")
-    finally:
-        REGISTRY.unregister(vllm_like)
+    """/metrics serves Prometheus text with gateway_* and the engines' vllm:*."""
+    engine = CollectorRegistry()
+    Gauge("vllm:test_only_running", "stand-in", registry=engine)
+    deployments = Deployments({"local": engine})
+    metrics.engines.watch(deployments)
+    response = TestClient(build_app(metrics)).get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"] == CONTENT_TYPE_LATEST
     assert "# TYPE gateway_requests_total counter" in response.text
-    assert "vllm:test_only_running 0.0" in response.text
+    assert 'vllm:test_only_running{deployment="local"} 0.0' in response.text
 
 
 def test_metrics_disabled_is_404() -> None:
