@@ -168,7 +168,10 @@ class GatewayMetrics:
             "gateway_engine_up", "1 when the engine is loaded and healthy.", registry=r
         )
         self.engine_restarts = Counter(
-            "gateway_engine_restarts", "Engine restarts after a failure.", registry=r
+            "gateway_engine_restarts",
+            "Engine restarts after a failure, by local deployment.",
+            ["deployment"],
+            registry=r,
         )
         self.loop_stall = Counter(
             "gateway_event_loop_stall_seconds",
@@ -345,8 +348,8 @@ class GatewayMetrics:
     def set_engine_up(self, up: bool) -> None:
         self.engine_up.set(1 if up else 0)
 
-    def engine_restarted(self) -> None:
-        self.engine_restarts.inc()
+    def engine_restarted(self, deployment: str) -> None:
+        self.engine_restarts.labels(deployment).inc()
 
 
 def _breaker_state(name: str) -> str:

@@ -215,7 +215,7 @@ class DeploymentPool:
             factory,
             self.settings.resilience.engine_stall_s,
             standby=engine_settings.standby_engine,
-            on_restart=self.metrics.engine_restarted,
+            on_restart=lambda: self.metrics.engine_restarted(spec.name),
         )
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -81,8 +81,8 @@ def test_two_engines_in_one_process_both_serve(gateway: GatewayProcess) -> None:
     assert set(served) == {"local-a", "local-b"}, served
 
 
-def engine_totals(url: str, family: str) -> dict[str, float]:
-    """One vLLM counter family from the gateway's scrape, summed per deployment label."""
+def totals_by_deployment(url: str, family: str) -> dict[str, float]:
+    """One counter family from the gateway's scrape, summed per deployment label."""
     totals: dict[str, float] = {}
     text = httpx.get(url + "/metrics", timeout=10).text
     names = [f.name for f in text_string_to_metric_families(text)]
@@ -101,12 +101,12 @@ def test_each_engines_vllm_metrics_are_scraped_under_its_deployment(
 ) -> None:
     """vLLM alone keeps only the last-built engine's vllm:* in one process: here each
     engine's own counts come back, told apart by a deployment label."""
-    before = engine_totals(gateway.url, "vllm:request_success")
+    before = totals_by_deployment(gateway.url, "vllm:request_success")
     assert set(before) == {"local-a", "local-b"}
     served = Counter(chat(gateway.url).headers["x-deployment"] for _ in range(6))
     want = {name: before[name] + served[name] for name in before}
     deadline = time.monotonic() + 10  # vLLM records a step's stats just after its outputs
-    while (after := engine_totals(gateway.url, "vllm:request_success")) != want:
+    while (after := totals_by_deployment(gateway.url, "vllm:request_success")) != want:
         assert time.monotonic() < deadline, (after, want)
         time.sleep(0.1)
 
@@ -180,6 +180,10 @@ def test_killing_one_engine_sends_queued_requests_to_the_other(gateway: GatewayP
     first_served = min(q["at"] for q in queued) - killed
     served = {chat(gateway.url).headers["x-deployment"] for _ in range(6)}
     assert served == {"local-a", "local-b"}
+    restarts = totals_by_deployment(gateway.url, "gateway_engine_restarts")
+    assert restarts.get(dead) == 1 and not restarts.get(alive), restarts
+    # the restarted engine's vllm:* are scraped again, from its new registry
+    assert set(totals_by_deployment(gateway.url, "vllm:request_success")) == {dead, alive}
     print(f"\nengine kill: first queued request served by {alive} {first_served:.2f}s after; "
           f"{dead} back after {back['at'] - killed:.1f}s; streams done after "
           f"{max(s['done'] for s in streams) - killed:.1f}s")  # fmt: skip

@@ -146,7 +146,7 @@ def test_shedding_rate_limits_and_restarts() -> None:
         for _ in range(4):
             h.metrics.rate_limit_rejected("team-a", "requests")
         if next(steps) in (1, 2, 3):
-            h.metrics.engine_restarted()
+            h.metrics.engine_restarted("local")
 
     firing = h.run(12, each_step=overload)
     assert {"GatewayRequestsShed", "GatewayRateLimitSurge", "GatewayEngineRestarting"} <= firing

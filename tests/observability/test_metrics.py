@@ -26,7 +26,7 @@ REQUIRED = {
     "gateway_breaker_transitions": ("counter", {"from_state", "to_state"}),
     "gateway_rate_limited": ("counter", {"key", "limit"}),
     "gateway_engine_up": ("gauge", set()),
-    "gateway_engine_restarts": ("counter", set()),
+    "gateway_engine_restarts": ("counter", {"deployment"}),
     "gateway_errors": ("counter", {"route", "code"}),
 }
 
@@ -101,13 +101,13 @@ def test_listener_events(metrics: GatewayMetrics) -> None:
     metrics.rate_limit_rejected("team-a", "tokens")
     metrics.request_timed_out()
     metrics.set_engine_up(True)
-    metrics.engine_restarted()
+    metrics.engine_restarted("local")
     assert value(metrics, "gateway_queue_depth", priority="0") == 3
     assert value(metrics, "gateway_queue_capacity") == 64
     assert value(metrics, "gateway_rate_limited_total", key="team-a", limit="tokens") == 1
     assert value(metrics, "gateway_requests_timed_out_total") == 1
     assert value(metrics, "gateway_engine_up") == 1
-    assert value(metrics, "gateway_engine_restarts_total") == 1
+    assert value(metrics, "gateway_engine_restarts_total", deployment="local") == 1
     with pytest.raises(ValueError, match="unknown limit"):
         metrics.rate_limit_rejected("team-a", "vibes")
 
