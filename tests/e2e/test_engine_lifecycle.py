@@ -142,7 +142,9 @@ def test_sigterm_drains_in_flight_then_exits_zero(gateway: GatewayProcess) -> No
     """SIGTERM: /readyz turns 503 at once, new requests get 503 + Retry-After, the in-flight
     stream completes, and the process exits 0."""
     stream: dict[str, Any] = {}
-    thread = threading.Thread(target=_stream, args=(gateway.url, 400, stream))
+    # 900 tokens: on a fast engine (~2 ms a token) a shorter stream drained, and the
+    # process exited, before /readyz could be seen answering 503.
+    thread = threading.Thread(target=_stream, args=(gateway.url, 900, stream))
     thread.start()
     time.sleep(0.5)
     gateway.signal(signal.SIGTERM)
